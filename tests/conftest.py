@@ -1,0 +1,45 @@
+"""Shared fixtures: the golden data from OpenAI's reference code, the repository root, small helpers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _golden_root() -> Path:
+    env = os.environ.get("ADM_GOLDEN_DIR")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "golden"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    """Folder of the golden set. Missing data is a failure, never a skip: these tests are the proof of exactness."""
+    root = _golden_root()
+    if not (root / "README.md").is_file():
+        pytest.fail(
+            f"golden data not found at {root}; set ADM_GOLDEN_DIR to the folder holding the golden cases "
+            "(the one with README.md, unet_cond_newattn/, diffusion_guided/, ...)"
+        )
+    return root
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative error ||a - b|| / ||b|| in float64 (b is the reference)."""
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    nb = b.norm().item()
+    return (a - b).norm().item() / (nb if nb > 0 else 1.0)
+
+
+@pytest.fixture(scope="session")
+def rel_error():
+    return rel_err
