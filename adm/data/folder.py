@@ -1,0 +1,193 @@
+"""Image folders: scanning (no decoding) and a dataset that decodes lazily and skips a few corrupt files.
+
+Two labelling schemes (only used when the data is class-conditional):
+
+- ``labels="folder"`` (ImageNet / torchvision ImageFolder layout): the class of
+  ``ROOT/<class>/.../img.jpg`` is its first sub-folder; classes are the sorted sub-folder names.
+- ``labels="filename"`` (OpenAI's convention, e.g. ``n01440764_10026.JPEG``): the class is the file name up to
+  its first ``_``; classes are the sorted unique prefixes.
+
+Corrupt files: decoding happens in the data-loader workers, so a corrupt file is only found when it is read.
+It is then skipped (the next index's image is returned instead), a warning names it with the running count,
+and once more than ``max_corrupt`` files have failed in one process a ValueError stops the run. A folder where
+nothing can be read fails at once (the data module's ``setup`` decodes a small sample first).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+__all__ = ["IMAGE_EXTENSIONS", "ImageFileDataset", "find_images", "folder_labels", "load_image"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp")
+# What PIL raises for unreadable / truncated / unsupported files (UnidentifiedImageError is an OSError).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def find_images(root: str | os.PathLike, config_key: str = "data.path") -> list[Path]:
+    """All image files under `root` (recursive, sorted, hidden files and folders ignored). Decodes nothing.
+
+    Raises:
+        FileNotFoundError: `root` does not exist or is not a folder (the message names `config_key`).
+        ValueError: no file with an extension in IMAGE_EXTENSIONS was found.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        what = "is not a folder" if root.exists() else "does not exist"
+        raise FileNotFoundError(
+            f"image folder {root} {what}; set {config_key}=/path/to/images "
+            "(the dataset configs look under $ADM_DATA_DIR, default ./data)"
+        )
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
+                files.append(Path(dirpath, name))
+    if not files:
+        raise ValueError(
+            f"image folder {root} contains no images (looked recursively for {', '.join(IMAGE_EXTENSIONS)}); "
+            f"point {config_key} at the folder that holds them"
+        )
+    files.sort(key=lambda p: p.relative_to(root).as_posix())
+    return files
+
+
+def folder_labels(root: Path, files: Sequence[Path], labels: str) -> tuple[list[int], list[str]]:
+    """Class index of every file and the sorted class names, from the paths alone.
+
+    Args:
+        root: the scanned folder; files: paths under it; labels: "folder" or "filename" (see module doc).
+    """
+    if labels == "folder":
+        names = []
+        for f in files:
+            parts = f.relative_to(root).parts
+            if len(parts) < 2:
+                raise ValueError(
+                    f"{f} lies directly in {root}, but labels='folder' needs ROOT/<class>/<image>; "
+                    "use labels=filename for OpenAI-style NAME_xxx.png files or class_cond=false"
+                )
+            names.append(parts[0])
+    elif labels == "filename":
+        names = []
+        for f in files:
+            if "_" not in f.name:
+                raise ValueError(
+                    f"{f} has no '_' in its name, but labels='filename' takes the class from the text before "
+                    "the first '_' (e.g. n01440764_10026.JPEG); use labels=folder or class_cond=false"
+                )
+            names.append(f.name.split("_", 1)[0])
+    else:
+        raise ValueError(f"labels must be 'folder' or 'filename', got {labels!r}")
+    classes = sorted(set(names))
+    index = {c: i for i, c in enumerate(classes)}
+    return [index[n] for n in names], classes
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Open and fully decode an image file (raises PIL's / the OS's error for unreadable files)."""
+    with open(path, "rb") as f:
+        image = Image.open(f)
+        image.load()
+    return image
+
+
+class ImageFileDataset(Dataset):
+    """Image files + labels -> (transform(image), y int64). Corrupt files are skipped, see the module doc.
+
+    Paths are kept as one numpy byte array (relative to `root`) and labels as one tensor, so that forked
+    data-loader workers do not copy a million Python objects page by page.
+
+    Args:
+        files: image paths under `root`. labels: class index per file (zeros when unconditional).
+        transform: PIL image -> tensor (e.g. AdmImageTransform).
+        max_corrupt: most unreadable files tolerated per process before a ValueError.
+        root: the folder the files came from (for messages).
+    """
+
+    def __init__(
+        self,
+        files: Sequence[Path],
+        labels: Sequence[int],
+        transform: Callable[[Image.Image], torch.Tensor] | None,
+        max_corrupt: int,
+        root: Path,
+    ):
+        if len(files) != len(labels):
+            raise ValueError(f"{len(files)} files but {len(labels)} labels")
+        self.root = Path(root)
+        self._rel_paths = np.array([os.fsencode(Path(f).relative_to(self.root)) for f in files])
+        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+        self.transform = transform
+        self.max_corrupt = max_corrupt
+        self.corrupt: dict[str, str] = {}  # path -> error, in this process
+
+    def __len__(self) -> int:
+        return len(self._rel_paths)
+
+    def path(self, index: int) -> Path:
+        """The file at `index`."""
+        return self.root / os.fsdecode(self._rel_paths[index])
+
+    @property
+    def files(self) -> list[Path]:
+        """All files, in index order."""
+        return [self.path(i) for i in range(len(self))]
+
+    def _record_corrupt(self, path: Path, error: Exception) -> None:
+        if str(path) in self.corrupt:
+            return
+        self.corrupt[str(path)] = f"{type(error).__name__}: {error}"
+        n = len(self.corrupt)
+        if n > self.max_corrupt:
+            raise ValueError(
+                f"{n} unreadable images under {self.root} (more than max_corrupt={self.max_corrupt}), "
+                f"latest {path} ({self.corrupt[str(path)]}); repair or delete them, or raise data.max_corrupt"
+            )
+        warnings.warn(
+            f"skipping unreadable image {path} ({self.corrupt[str(path)]}); "
+            f"{n} unreadable image(s) skipped so far in this process",
+            stacklevel=3,
+        )
+
+    def read(self, index: int) -> tuple[Image.Image, int]:
+        """Decoded image at `index`, or at the next readable index if that file is corrupt; and its label."""
+        n_try = min(len(self), self.max_corrupt + 1)
+        for k in range(n_try):
+            j = (index + k) % len(self)
+            try:
+                return load_image(self.path(j)), int(self.labels[j])
+            except _DECODE_ERRORS as e:
+                self._record_corrupt(self.path(j), e)
+        raise ValueError(
+            f"{n_try} consecutive images under {self.root} from {self.path(index)} on could not be read; "
+            "check the folder (e.g. open one of them with PIL)"
+        )
+
+    def check_readable(self, num: int = 8) -> None:
+        """Decode `num` files spread over the dataset; raise ValueError if none of them can be read."""
+        idx = torch.linspace(0, len(self) - 1, min(num, len(self))).round().long().unique().tolist()
+        errors = []
+        for i in idx:
+            try:
+                load_image(self.path(i))
+                return
+            except _DECODE_ERRORS as e:
+                errors.append(f"{self.path(i)} ({type(e).__name__}: {e})")
+        raise ValueError(
+            f"none of the {len(idx)} sampled images under {self.root} could be read, e.g. {errors[0]}; "
+            "the folder holds no readable images"
+        )
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, y = self.read(index)
+        return self.transform(image), torch.tensor(y, dtype=torch.int64)
