@@ -1,0 +1,269 @@
+"""Training checkpoints that describe themselves: atomic writes, safe loading, networks rebuilt from the file.
+
+A checkpoint written by ``scripts/train.py`` / ``scripts/train_classifier.py`` is a Lightning ``.ckpt`` holding
+only plain Python types and tensors (it loads with ``torch.load(weights_only=True)``) plus:
+
+- ``"adm_config"``: the resolved plain-dict config of the networks and the process,
+  ``{"model" | "classifier": {"_target_": "adm.nn.UNet", ...}, "diffusion": {...}, "data": {...}}``;
+- ``"state_dict"``: the module's weights; with the EMA callback these are the EMA weights of the first rate
+  (Lightning's weight-averaging layout), the raw weights are in ``"current_model_state"`` and the other rates in
+  ``"adm_ema"["state_dicts"]``.
+
+    >>> ckpt = load_checkpoint("runs/.../checkpoints/last.ckpt")      # EMA weights by default
+    >>> ckpt.unet, ckpt.diffusion, ckpt.config["model"]["image_size"]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.callbacks import ModelCheckpoint
+from torch import nn
+
+__all__ = [
+    "CONFIG_KEY",
+    "EMA_KEY",
+    "AtomicCheckpointIO",
+    "LastCheckpoint",
+    "TrainedCheckpoint",
+    "atomic_torch_save",
+    "check_plain",
+    "load_checkpoint",
+]
+
+CONFIG_KEY = "adm_config"
+EMA_KEY = "adm_ema"
+RAW_KEY = "current_model_state"  # Lightning's WeightAveraging name for the raw weights
+_NETWORK_KEYS = {"model": "unet", "classifier": "classifier"}  # config section -> LightningModule attribute
+_NETWORK_TARGETS = ("adm.nn.UNet", "adm.nn.SuperResUNet", "adm.nn.EncoderUNet")
+_DIFFUSION_TARGET = "adm.diffusion.create_diffusion"
+
+
+# --- writing ---------------------------------------------------------------------------------------------------
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace`` onto `path`.
+
+    A crash or kill at any moment leaves either the old file or the new one at `path`, never a partial one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    # Make the rename itself durable.
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_plain(obj: Any, where: str = "checkpoint") -> None:
+    """Raise ValueError unless `obj` holds only dict / list / tuple / str / int / float / bool / None / tensors."""
+    if obj is None or isinstance(obj, str | int | float | bool | torch.Tensor):
+        return
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if not isinstance(k, str | int | float):
+                raise ValueError(f"{where}: key {k!r} of type {type(k).__name__} is not a plain type")
+            check_plain(v, f"{where}.{k}")
+        return
+    if isinstance(obj, list | tuple):
+        for i, v in enumerate(obj):
+            check_plain(v, f"{where}[{i}]")
+        return
+    raise ValueError(
+        f"{where} holds a {type(obj).__module__}.{type(obj).__name__}; checkpoints keep only plain types and "
+        "tensors (convert configs with OmegaConf.to_container(cfg, resolve=True))"
+    )
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning CheckpointIO: atomic local writes (temp file + fsync + rename), weights-only reads.
+
+    Passed to the Trainer as a plugin (``conf/trainer/default.yaml``), so every checkpoint Lightning writes,
+    ``last.ckpt`` included, is all-or-nothing, and resuming never unpickles arbitrary objects.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(
+        self, path: Any, map_location: Callable | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        if "://" in str(path):
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        from adm.io.safe_load import safe_torch_load
+
+        return safe_torch_load(path, map_location=map_location if map_location is not None else "cpu")
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` also holds the final state of a run.
+
+    Lightning's ModelCheckpoint writes ``last.ckpt`` only together with a periodic checkpoint, so a run whose
+    ``max_steps`` (or epoch end) falls between two periods would lose its last steps. This one also writes
+    ``last.ckpt`` after the final optimizer step and at the end of every epoch.
+    """
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if 0 < trainer.max_steps <= trainer.global_step:
+            self._save_last_now(trainer)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self._save_last_now(trainer)
+
+    def _save_last_now(self, trainer: Any) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+# --- reading ---------------------------------------------------------------------------------------------------
+@dataclass
+class TrainedCheckpoint:
+    """What :func:`load_checkpoint` returns.
+
+    Attributes:
+        network: the UNet / SuperResUNet (kind "diffusion") or EncoderUNet (kind "classifier"), in eval mode.
+        diffusion: the training process (``adm.diffusion.GaussianDiffusion``, not respaced).
+        config: the checkpoint's "adm_config" (plain dict: "model" or "classifier", "diffusion", "data").
+        kind: "diffusion" or "classifier".
+        weights: which weights were loaded: "raw" or "ema_<rate>" (e.g. "ema_0.9999").
+        ema_rates: the EMA rates stored in the file (empty if it was trained without EMA).
+        step: optimizer steps taken when it was written (Lightning's global_step).
+        path: the file.
+    """
+
+    network: nn.Module
+    diffusion: Any
+    config: dict[str, Any]
+    kind: str
+    weights: str
+    ema_rates: tuple[float, ...]
+    step: int
+    path: Path
+
+    @property
+    def unet(self) -> nn.Module:
+        """The diffusion network (raises for a classifier checkpoint)."""
+        if self.kind != "diffusion":
+            raise ValueError(f"{self.path} holds a noisy classifier, not a diffusion model")
+        return self.network
+
+    @property
+    def classifier(self) -> nn.Module:
+        """The noisy classifier (raises for a diffusion-model checkpoint)."""
+        if self.kind != "classifier":
+            raise ValueError(f"{self.path} holds a diffusion model, not a noisy classifier")
+        return self.network
+
+
+def _build(cfg: Mapping[str, Any], allowed: tuple[str, ...], what: str) -> Any:
+    target = cfg.get("_target_")
+    if target not in allowed:
+        raise ValueError(f"checkpoint {what} config names _target_={target!r}; expected one of {list(allowed)}")
+    kwargs = {k: v for k, v in cfg.items() if k != "_target_"}
+    if what == "diffusion":
+        from adm.diffusion import create_diffusion
+
+        return create_diffusion(**kwargs)
+    from adm.presets import build_network
+
+    return build_network(dict(cfg))
+
+
+def _select_weights(ckpt: dict[str, Any], ema: bool | float) -> tuple[dict[str, torch.Tensor], str, tuple[float, ...]]:
+    info = ckpt.get(EMA_KEY)
+    rates = tuple(float(r) for r in info["rates"]) if info else ()
+    if ema is False:
+        return ckpt.get(RAW_KEY, ckpt["state_dict"]), "raw", rates
+    if not rates:
+        if ema is True:  # trained without EMA: the weights in the file are the raw ones
+            return ckpt["state_dict"], "raw", rates
+        raise ValueError(f"asked for EMA rate {ema}, but this checkpoint was trained without EMA; use ema=False")
+    rate = rates[0] if ema is True else float(ema)
+    if rate == rates[0]:
+        return ckpt["state_dict"], f"ema_{rate:g}", rates
+    extra = info.get("state_dicts", {})
+    if repr(rate) in extra:
+        return extra[repr(rate)], f"ema_{rate:g}", rates
+    raise ValueError(f"no EMA weights with rate {rate} in this checkpoint; it holds rates {list(rates)} (or ema=False)")
+
+
+def load_checkpoint(
+    path: str | os.PathLike, *, ema: bool | float = True, map_location: str | torch.device = "cpu"
+) -> TrainedCheckpoint:
+    """Rebuild the network and diffusion process of a training checkpoint (nothing else is needed).
+
+    Args:
+        path: a ``.ckpt`` written by ``scripts/train.py`` or ``scripts/train_classifier.py``.
+        ema: True -> the EMA weights of the first configured rate (the raw weights if trained without EMA);
+            False -> the raw (online) weights; a float -> the EMA weights of that rate.
+        map_location: device of the returned network.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: not one of our checkpoints, corrupt / truncated file (read
+        with ``weights_only=True``: nothing is unpickled), unknown EMA rate, or weights that do not fit.
+    """
+    from adm.io.safe_load import safe_torch_load
+    from adm.nn import load_state_dict_checked
+
+    path = Path(path)
+    ckpt = safe_torch_load(path)
+    if not isinstance(ckpt, dict) or CONFIG_KEY not in ckpt or "state_dict" not in ckpt:
+        raise ValueError(
+            f"{path} is not an adm training checkpoint (no '{CONFIG_KEY}' / 'state_dict'); OpenAI's released .pt "
+            "files load with adm.compat.guided_diffusion.load_openai_checkpoint or adm.ADM.load_openai"
+        )
+    config = ckpt[CONFIG_KEY]
+    section = "model" if "model" in config else "classifier" if "classifier" in config else None
+    if section is None or "diffusion" not in config:
+        raise ValueError(f"{path}: '{CONFIG_KEY}' needs a 'model' or 'classifier' and a 'diffusion' section")
+    state, weights, rates = _select_weights(ckpt, ema)
+    prefix = _NETWORK_KEYS[section] + "."
+    net_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    if not net_state:
+        raise ValueError(f"{path}: no '{prefix}*' weights in the checkpoint's state dict")
+
+    network = _build(config[section], _NETWORK_TARGETS, "network")
+    load_state_dict_checked(network, net_state)
+    network.to(map_location).eval()
+    diffusion = _build(config["diffusion"], (_DIFFUSION_TARGET,), "diffusion")
+    return TrainedCheckpoint(
+        network=network,
+        diffusion=diffusion,
+        config=config,
+        kind="diffusion" if section == "model" else "classifier",
+        weights=weights,
+        ema_rates=rates,
+        step=int(ckpt.get("global_step", 0)),
+        path=path,
+    )

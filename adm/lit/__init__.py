@@ -1,0 +1,15 @@
+"""LightningModules (short: they delegate to adm.nn, adm.diffusion and adm.sampling) and training helpers."""
+
+from adm.lit.classifier import ClassifierModule
+from adm.lit.diffusion import DiffusionModule
+from adm.lit.optim import WarmupLinearAnneal, warmup_linear_anneal
+from adm.lit.resume import ExactResume, ResumableLoader
+
+__all__ = [
+    "ClassifierModule",
+    "DiffusionModule",
+    "ExactResume",
+    "ResumableLoader",
+    "WarmupLinearAnneal",
+    "warmup_linear_anneal",
+]

@@ -1,0 +1,59 @@
+"""Sample-quality metrics with the definitions of OpenAI's ADM evaluator.
+
+Features come from a `FeatureExtractor` (`load_inception()` for FID / sFID / IS / precision / recall on
+natural images, `DomainFeatureExtractor` for small domains such as MNIST); the metrics are plain functions
+on features; `evaluate(samples, reference, extractor)` ties them together for `.npz` sample files.
+"""
+
+from __future__ import annotations
+
+from adm.metrics.accuracy import class_accuracy
+from adm.metrics.domain import DomainClassifier, DomainFeatureExtractor, train_domain_classifier
+from adm.metrics.evaluate import (
+    METRICS,
+    FeatureSet,
+    compute_metrics,
+    evaluate,
+    extract_features,
+    reference_features,
+    resolve_metrics,
+)
+from adm.metrics.extractor import FEATURE_KINDS, FeatureExtractor, build_extractor
+from adm.metrics.fid import fid_from_features, frechet_distance, gaussian_stats
+from adm.metrics.images import as_uint8_nchw, float_to_uint8
+from adm.metrics.inception import InceptionExtractor, load_inception, resolve_inception_weights
+from adm.metrics.inception_score import inception_score
+from adm.metrics.npz import NpzImages, ReferenceBatch, load_reference, open_samples, save_npz
+from adm.metrics.precision_recall import precision_recall
+
+__all__ = [
+    "FEATURE_KINDS",
+    "METRICS",
+    "DomainClassifier",
+    "DomainFeatureExtractor",
+    "FeatureExtractor",
+    "FeatureSet",
+    "InceptionExtractor",
+    "NpzImages",
+    "ReferenceBatch",
+    "as_uint8_nchw",
+    "build_extractor",
+    "class_accuracy",
+    "compute_metrics",
+    "evaluate",
+    "extract_features",
+    "fid_from_features",
+    "float_to_uint8",
+    "frechet_distance",
+    "gaussian_stats",
+    "inception_score",
+    "load_inception",
+    "load_reference",
+    "open_samples",
+    "precision_recall",
+    "reference_features",
+    "resolve_inception_weights",
+    "resolve_metrics",
+    "save_npz",
+    "train_domain_classifier",
+]

@@ -1,0 +1,200 @@
+"""A small CNN classifier as the feature space for small-image domains (MNIST-sized demos).
+
+Inception features are the wrong ruler for 28x28 digits. A classifier trained on the real data gives
+(a) class accuracy of samples (does guidance produce the class asked for?) and (b) penultimate features in
+which FID / precision / recall compare the sample and data distributions.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adm.metrics.extractor import FeatureExtractor
+from adm.metrics.images import ImageBatch, as_uint8_nchw
+
+
+def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)
+    )
+
+
+class DomainClassifier(nn.Module):
+    """Three conv stages (width, 2 width, 4 width channels; 2x max-pool between) -> global mean -> linear.
+
+    forward(x: (N, C, H, W) in [-1, 1]) -> logits (N, num_classes); features(x) -> (N, 4 * width), the pooled
+    penultimate activations.
+    """
+
+    def __init__(self, in_channels: int, image_size: int, num_classes: int, *, width: int = 32) -> None:
+        super().__init__()
+        self.in_channels, self.image_size, self.num_classes, self.width = (
+            in_channels,
+            image_size,
+            num_classes,
+            width,
+        )
+        self.body = nn.Sequential(
+            _conv_block(in_channels, width),
+            _conv_block(width, width),
+            nn.MaxPool2d(2),
+            _conv_block(width, 2 * width),
+            _conv_block(2 * width, 2 * width),
+            nn.MaxPool2d(2),
+            _conv_block(2 * width, 4 * width),
+        )
+        self.head = nn.Linear(4 * width, num_classes)
+
+    @property
+    def feature_dim(self) -> int:
+        return 4 * self.width
+
+    def init_kwargs(self) -> dict[str, int]:
+        """The constructor's arguments, as saved next to the weights."""
+        return {
+            "in_channels": self.in_channels,
+            "image_size": self.image_size,
+            "num_classes": self.num_classes,
+            "width": self.width,
+        }
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != self.in_channels or tuple(x.shape[2:]) != (self.image_size,) * 2:
+            raise ValueError(
+                f"the domain classifier takes (N, {self.in_channels}, {self.image_size}, {self.image_size}) "
+                f"images, got {tuple(x.shape)}"
+            )
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) in [-1, 1] -> (N, 4 * width) penultimate features."""
+        self._check(x)
+        return self.body(x).mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) in [-1, 1] -> (N, num_classes) logits."""
+        return self.head(self.features(x))
+
+    def save(self, path: str | Path) -> None:
+        """Write {"kwargs": constructor arguments, "state_dict": weights} (plain tensors; atomic)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        torch.save({"kwargs": self.init_kwargs(), "state_dict": state}, tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> DomainClassifier:
+        """Inverse of `save` (read with weights_only=True). Returns the classifier in eval mode."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"domain classifier checkpoint not found: {path}")
+        try:
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as err:
+            raise ValueError(
+                f"cannot read {path} as a domain classifier checkpoint (plain weights): {err}"
+            ) from err
+        if not isinstance(payload, dict) or set(payload) != {"kwargs", "state_dict"}:
+            raise ValueError(
+                f"{path} is not a domain classifier checkpoint: expected keys ['kwargs', 'state_dict'], "
+                f"found {sorted(payload) if isinstance(payload, dict) else type(payload).__name__}"
+            )
+        model = cls(**payload["kwargs"])
+        model.load_state_dict(payload["state_dict"])
+        return model.eval()
+
+
+def images_to_float(images: ImageBatch) -> torch.Tensor:
+    """Accepted image batch -> (N, C, H, W) float32 in [-1, 1] (float input is quantised to uint8 first)."""
+    return as_uint8_nchw(images).float() / 127.5 - 1.0
+
+
+def _shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Random translation by up to `max_shift` pixels (pad with the background value -1, crop back)."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (max_shift,) * 4, value=-1.0)
+    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, n), generator=generator)
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]  # (N, 1, H, 1)
+    cols = (dx[:, None] + torch.arange(w))[:, None, None, :]  # (N, 1, 1, W)
+    batch = torch.arange(n)[:, None, None, None]
+    chan = torch.arange(x.shape[1])[None, :, None, None]
+    return padded[batch, chan, rows, cols]
+
+
+def train_domain_classifier(
+    images: ImageBatch,
+    labels: np.ndarray | torch.Tensor,
+    *,
+    epochs: int,
+    seed: int,
+    num_classes: int | None = None,
+    width: int = 32,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    max_shift: int = 2,
+    progress: bool = False,
+) -> DomainClassifier:
+    """Train a `DomainClassifier` on real images (uint8 (N, H, W, C) or float (N, C, H, W) in [-1, 1]).
+
+    AdamW with a one-cycle learning rate and random shifts of up to `max_shift` pixels; deterministic for a
+    given `seed` on CPU. MNIST-5k (4000 training digits, width 32, 8 epochs) reaches ~98-99% held-out accuracy
+    in well under a minute on two CPU cores. Returns the classifier in eval mode, on CPU.
+    """
+    x = images_to_float(images)
+    y = torch.as_tensor(labels).long().cpu()
+    if y.shape != (len(x),):
+        raise ValueError(f"labels must be (N,) = ({len(x)},), got {tuple(y.shape)}")
+    if x.shape[2] != x.shape[3]:
+        raise ValueError(f"the domain classifier expects square images, got {tuple(x.shape[2:])}")
+    num_classes = int(y.max()) + 1 if num_classes is None else num_classes
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = DomainClassifier(x.shape[1], x.shape[2], num_classes, width=width)
+    steps_per_epoch = math.ceil(len(x) / batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch)
+    model.train()
+    for epoch in range(epochs):
+        order = torch.randperm(len(x), generator=generator)
+        total = 0.0
+        for idx in order.split(batch_size):
+            x_b = _shift(x[idx], max_shift, generator) if max_shift > 0 else x[idx]
+            loss = F.cross_entropy(model(x_b), y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += loss.item() * len(idx)
+        if progress:
+            print(f"domain classifier epoch {epoch + 1}/{epochs}: loss {total / len(x):.4f}", flush=True)
+    return model.eval()
+
+
+class DomainFeatureExtractor(FeatureExtractor):
+    """FeatureExtractor over a `DomainClassifier`: "pool" = penultimate features, "logits" = its class logits
+    (which index the same classes as the samples' labels, so class accuracy applies)."""
+
+    name = "domain"
+    provides = ("pool", "logits")
+    logits_are_labels = True
+
+    def __init__(self, classifier: DomainClassifier) -> None:
+        super().__init__()
+        self.classifier = classifier.eval()
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path) -> DomainFeatureExtractor:
+        return cls(DomainClassifier.load(path))
+
+    def extract(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = x.float() / 127.5 - 1.0
+        pool = self.classifier.features(x)
+        return {"pool": pool, "logits": self.classifier.head(pool)}

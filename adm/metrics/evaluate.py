@@ -1,0 +1,330 @@
+"""Sample-set evaluation: features of samples and reference, then FID / sFID / IS / precision / recall /
+accuracy.
+
+`evaluate(samples, reference, extractor)` is the one call for scripts, sweeps and callbacks. To score many
+sample sets against one reference, compute the reference once with `reference_features` and pass the
+resulting `FeatureSet` as `reference`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from adm.metrics.accuracy import class_accuracy
+from adm.metrics.extractor import FeatureExtractor
+from adm.metrics.fid import frechet_distance, gaussian_stats
+from adm.metrics.images import ImageBatch
+from adm.metrics.inception_score import SPLIT_SIZE, inception_score
+from adm.metrics.npz import NpzImages, ReferenceBatch, load_reference, open_samples
+from adm.metrics.precision_recall import NEAREST_K, precision_recall
+
+# metric -> feature kind it reads
+METRIC_KINDS = {
+    "fid": "pool",
+    "sfid": "spatial",
+    "is": "logits",
+    "precision": "pool",
+    "recall": "pool",
+    "accuracy": "logits",
+}
+METRICS = tuple(METRIC_KINDS)
+
+
+@dataclass
+class FeatureSet:
+    """Features of one image set under one extractor.
+
+    features: kind -> (N, D) float32 arrays; labels: (N,) int64 or None; stats: kind -> precomputed
+    (mu, sigma) (a reference batch's Inception statistics), used by `gaussian` instead of fitting features.
+    """
+
+    extractor: str
+    features: dict[str, np.ndarray] = field(default_factory=dict)
+    labels: np.ndarray | None = None
+    stats: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    count: int = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def require(self, kind: str) -> np.ndarray:
+        """The (N, D) `kind` features; ValueError when this set was computed without them."""
+        if kind not in self.features:
+            raise ValueError(
+                f"this {self.extractor} feature set has no {kind!r} features (it has "
+                f"{sorted(self.features)}); compute it for the metrics that need them "
+                "(reference_features(..., metrics=[...]))"
+            )
+        return self.features[kind]
+
+    def gaussian(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """(mu (D,), sigma (D, D)) of `kind`: precomputed if present, else fitted to the features (kept)."""
+        if kind not in self.stats:
+            self.stats[kind] = gaussian_stats(self.require(kind))
+        return self.stats[kind]
+
+
+def resolve_metrics(extractor: FeatureExtractor, metrics: Sequence[str] | None) -> list[str]:
+    """Check requested metric names against what `extractor` provides; None -> every metric it supports."""
+    if metrics is None:
+        return [
+            m
+            for m, kind in METRIC_KINDS.items()
+            if kind in extractor.provides and (m != "accuracy" or extractor.logits_are_labels)
+        ]
+    metrics = [str(m).lower() for m in metrics]
+    unknown = [m for m in metrics if m not in METRIC_KINDS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; choose from {list(METRICS)}")
+    for m in metrics:
+        if m == "accuracy" and not extractor.logits_are_labels:
+            raise ValueError(
+                "class accuracy needs a classifier over the samples' own classes (feature_extractor=domain); "
+                f"the {extractor.name} extractor's logits are not in the samples' label space"
+            )
+        if METRIC_KINDS[m] not in extractor.provides:
+            raise ValueError(
+                f"metric {m!r} needs {METRIC_KINDS[m]!r} features, but "
+                + extractor.unavailable_reason(METRIC_KINDS[m])
+            )
+    return list(dict.fromkeys(metrics))
+
+
+def _batches(
+    images: NpzImages | ImageBatch,
+    labels: np.ndarray | torch.Tensor | None,
+    batch_size: int,
+    limit: int | None,
+) -> tuple[Iterable[tuple[ImageBatch, np.ndarray | None]], int]:
+    if isinstance(images, NpzImages):
+        total = len(images) if limit is None else min(limit, len(images))
+        return images.batches(batch_size, limit), total
+    total = len(images) if limit is None else min(limit, len(images))
+    if labels is not None:
+        labels = np.asarray(torch.as_tensor(labels).cpu(), dtype=np.int64)
+        if labels.shape != (len(images),):
+            raise ValueError(f"labels must be ({len(images)},), got {labels.shape}")
+    return (
+        (
+            (
+                images[i : min(i + batch_size, total)],
+                None if labels is None else labels[i : min(i + batch_size, total)],
+            )
+            for i in range(0, total, batch_size)
+        ),
+        total,
+    )
+
+
+def extract_features(
+    images: NpzImages | ImageBatch | str | Path | Sequence[str | Path],
+    extractor: FeatureExtractor,
+    kinds: Iterable[str],
+    *,
+    batch_size: int,
+    labels: np.ndarray | torch.Tensor | None = None,
+    limit: int | None = None,
+    progress: bool = False,
+    desc: str = "features",
+) -> FeatureSet:
+    """Run `extractor` over an image set batch by batch, keeping the feature kinds in `kinds`.
+
+    images: sample file(s) / folder of shards / `NpzImages` (labels from `arr_1`), or an in-memory batch
+    (uint8 (N, H, W, C) or float (N, C, H, W) in [-1, 1]) with optional `labels` (N,). `limit`: first N only.
+    """
+    if isinstance(images, str | Path) or (
+        isinstance(images, Sequence) and not isinstance(images, np.ndarray)
+    ):
+        images = open_samples(images)
+    kinds = list(dict.fromkeys(kinds))
+    missing = [k for k in kinds if k not in extractor.provides]
+    if missing:
+        raise ValueError(extractor.unavailable_reason(missing[0]))
+    batches, total = _batches(images, labels, batch_size, limit)
+    if total == 0:
+        raise ValueError("the image set is empty")
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, total=-(-total // batch_size), desc=desc, unit="batch", dynamic_ncols=True)
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
+    label_parts: list[np.ndarray] = []
+    for batch, batch_labels in batches:
+        if kinds:
+            out = extractor.features(batch)
+            for k in kinds:
+                parts[k].append(out[k].cpu().numpy())
+        if batch_labels is not None:
+            label_parts.append(batch_labels)
+    has_labels = len(label_parts) > 0
+    return FeatureSet(
+        extractor=extractor.name,
+        features={k: np.concatenate(v) for k, v in parts.items()},
+        labels=np.concatenate(label_parts) if has_labels else None,
+        count=total,
+    )
+
+
+# For the reference: metric -> (kind, whether precomputed Gaussian statistics suffice)
+_REFERENCE_NEEDS = {
+    "fid": ("pool", True),
+    "sfid": ("spatial", True),
+    "precision": ("pool", False),
+    "recall": ("pool", False),
+}
+
+
+def reference_features(
+    reference: str | Path | ReferenceBatch,
+    extractor: FeatureExtractor,
+    metrics: Sequence[str] | None = None,
+    *,
+    batch_size: int,
+    limit: int | None = None,
+    progress: bool = False,
+) -> FeatureSet:
+    """What `metrics` need from a reference batch. Precomputed `mu`/`sigma`/`mu_s`/`sigma_s` are used with the
+    Inception extractor (they are Inception statistics) so that their images are read only when precision /
+    recall need the features themselves."""
+    if not isinstance(reference, ReferenceBatch):
+        reference = load_reference(reference)
+    metrics = resolve_metrics(extractor, metrics)
+    stats = dict(reference.stats) if extractor.name == "inception" else {}
+    kinds = [
+        kind
+        for m, (kind, stats_suffice) in _REFERENCE_NEEDS.items()
+        if m in metrics and not (stats_suffice and kind in stats)
+    ]
+    if kinds and reference.images is None:
+        why = (
+            "precision / recall need its images"
+            if stats
+            else f"the {extractor.name} extractor needs its images"
+        )
+        raise ValueError(f"reference batch {reference.path} has no 'arr_0' images: {why}")
+    if kinds:
+        feats = extract_features(
+            reference.images,
+            extractor,
+            kinds,
+            batch_size=batch_size,
+            limit=limit,
+            progress=progress,
+            desc="reference",
+        )
+    else:
+        feats = FeatureSet(extractor=extractor.name, count=len(reference.images) if reference.images else 0)
+    feats.stats.update({k: v for k, v in stats.items() if k not in feats.stats})
+    return feats
+
+
+def compute_metrics(
+    samples: FeatureSet,
+    reference: FeatureSet | None,
+    metrics: Sequence[str],
+    *,
+    split_size: int = SPLIT_SIZE,
+    k: int = NEAREST_K,
+    device: torch.device | str | None = None,
+) -> dict[str, float]:
+    """Metrics from features. `reference` may be None when only "is" / "accuracy" are asked for."""
+    if reference is not None and reference.extractor != samples.extractor:
+        raise ValueError(
+            f"reference features come from the {reference.extractor!r} extractor, "
+            f"samples from {samples.extractor!r}"
+        )
+    out: dict[str, float] = {}
+    if any(m in metrics for m in ("fid", "sfid", "precision", "recall")) and reference is None:
+        raise ValueError(f"metrics {list(metrics)} need a reference batch")
+    if "fid" in metrics:
+        out["fid"] = frechet_distance(*samples.gaussian("pool"), *reference.gaussian("pool"))
+    if "sfid" in metrics:
+        out["sfid"] = frechet_distance(*samples.gaussian("spatial"), *reference.gaussian("spatial"))
+    if "is" in metrics:
+        out["is"] = inception_score(samples.require("logits"), split_size=split_size)
+    if "precision" in metrics or "recall" in metrics:
+        precision, recall = precision_recall(
+            reference.require("pool"), samples.require("pool"), k=k, device=device
+        )
+        if "precision" in metrics:
+            out["precision"] = precision
+        if "recall" in metrics:
+            out["recall"] = recall
+    if "accuracy" in metrics:
+        if samples.labels is None:
+            raise ValueError(
+                "class accuracy needs the samples' labels ('arr_1' in the sample files, or labels=)"
+            )
+        out["accuracy"] = class_accuracy(samples.require("logits"), samples.labels)
+    return out
+
+
+def evaluate(
+    samples: str | Path | Sequence[str | Path] | NpzImages | ImageBatch,
+    reference: str | Path | ReferenceBatch | FeatureSet | None,
+    extractor: FeatureExtractor,
+    metrics: Sequence[str] | None = None,
+    *,
+    batch_size: int,
+    labels: np.ndarray | torch.Tensor | None = None,
+    limit: int | None = None,
+    progress: bool = False,
+    split_size: int = SPLIT_SIZE,
+    k: int = NEAREST_K,
+) -> dict[str, float | int]:
+    """Score a sample set against a reference batch with OpenAI's evaluator definitions.
+
+    samples: `.npz` file(s) / folder of shards (labels from `arr_1`), or in-memory images (uint8
+    (N, H, W, C) or float (N, C, H, W) in [-1, 1]) with optional `labels` (N,).
+    reference: `.npz` path, `ReferenceBatch`, or a `FeatureSet` from `reference_features` (computed once,
+    reused). metrics: names from `METRICS`; None = all the extractor supports ("accuracy" only with
+    labels). `limit` caps the number of samples used.
+    Returns {metric: value, ..., "num_samples": N, "num_reference": N_ref}.
+    """
+    explicit = metrics is not None
+    metrics = resolve_metrics(extractor, metrics)
+    if isinstance(samples, str | Path) or (
+        isinstance(samples, Sequence) and not isinstance(samples, np.ndarray)
+    ):
+        samples = open_samples(samples)  # checks every shard's header before any work
+    has_labels = samples.has_labels if isinstance(samples, NpzImages) else labels is not None
+    if "accuracy" in metrics and not has_labels:
+        if explicit:
+            raise ValueError(
+                "class accuracy needs the samples' labels ('arr_1' in the sample files, or labels=)"
+            )
+        metrics.remove("accuracy")
+    needs_reference = any(m in metrics for m in _REFERENCE_NEEDS)
+    ref_feats = None
+    if needs_reference:
+        if reference is None:
+            raise ValueError(f"metrics {metrics} need a reference batch")
+        if isinstance(reference, FeatureSet):
+            ref_feats = reference
+        else:
+            ref_feats = reference_features(
+                reference, extractor, metrics, batch_size=batch_size, progress=progress
+            )
+    kinds = [METRIC_KINDS[m] for m in metrics]
+    sample_feats = extract_features(
+        samples,
+        extractor,
+        kinds,
+        batch_size=batch_size,
+        labels=labels,
+        limit=limit,
+        progress=progress,
+        desc="samples",
+    )
+    out: dict[str, float | int] = compute_metrics(
+        sample_feats, ref_feats, metrics, split_size=split_size, k=k, device=extractor.device
+    )
+    out["num_samples"] = len(sample_feats)
+    if ref_feats is not None:
+        out["num_reference"] = len(ref_feats)
+    return out

@@ -1,0 +1,193 @@
+"""Summary of a sampling sweep: one row per run (guidance scale, sampler, scores) -> summary.csv, summary.png.
+
+``python scripts/sample.py -m guidance.scale=0,1,4 ...`` runs one job per scale in
+``<sweep dir>/<job number>``; each job writes ``sample_info.json`` (its settings) and, when scored,
+``metrics.json``. At the end of the multirun, :class:`SweepSummary` (registered under ``hydra.callbacks``
+in ``conf/sample.yaml``) collects them:
+
+- ``summary.csv``: job, overrides, guidance_scale, sampler, steps, num_samples, fid, sfid, is, precision,
+  recall, accuracy (empty where a run was not scored);
+- ``summary.png``: each score against the guidance scale (one line per combination of the other swept
+  settings), plus precision against recall: the paper's fidelity / diversity trade-off.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+__all__ = ["METRIC_COLUMNS", "SweepSummary", "collect_runs", "plot_summary", "write_summary"]
+
+log = logging.getLogger(__name__)
+
+METRIC_COLUMNS = ("fid", "sfid", "is", "precision", "recall", "accuracy")
+_TITLES = {
+    "fid": "FID (lower is better)",
+    "sfid": "sFID",
+    "is": "Inception Score",
+    "precision": "precision",
+    "recall": "recall",
+    "accuracy": "class accuracy",
+}
+_COLUMNS = ("job", "overrides", "guidance_scale", "sampler", "steps", "num_samples", *METRIC_COLUMNS)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _overrides(job_dir: Path) -> list[str]:
+    path = job_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return []
+    from omegaconf import OmegaConf
+
+    return [str(o) for o in OmegaConf.load(path)]
+
+
+def collect_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """One row per job folder of `sweep_dir` with a ``sample_info.json``, sorted by guidance scale, job."""
+    sweep_dir = Path(sweep_dir)
+    rows = []
+    for job_dir in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
+        info = _read_json(job_dir / "sample_info.json")
+        if info is None:
+            continue
+        fingerprint = info.get("fingerprint", {})
+        sampler = fingerprint.get("sampler", {})
+        guidance = fingerprint.get("guidance") or {}
+        metrics = _read_json(job_dir / "metrics.json") or {}
+        target = str(sampler.get("_target_", ""))
+        name = target.rsplit(".", 1)[-1].removesuffix("_sample")
+        row: dict[str, Any] = {
+            "dir": str(job_dir),
+            "job": job_dir.name,
+            "overrides": " ".join(_overrides(job_dir)),
+            "guidance_scale": float(guidance.get("scale", 0.0)),
+            "sampler": name,
+            "steps": sampler.get("steps"),
+            "num_samples": info.get("num_samples"),
+        }
+        row.update({m: metrics.get(m) for m in METRIC_COLUMNS})
+        rows.append(row)
+    rows.sort(key=lambda r: (r["guidance_scale"], int(r["job"]) if r["job"].isdigit() else r["job"]))
+    return rows
+
+
+def write_summary(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Write the rows as CSV (job, overrides, guidance_scale, sampler, steps, num_samples, scores)."""
+    path = Path(path)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(_COLUMNS))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if row.get(k) is None else row[k] for k in _COLUMNS})
+    return path
+
+
+def _series_label(overrides: str, short: bool = False) -> str:
+    """The swept settings other than the guidance scale (paths left out) that tell series apart."""
+    other = [o for o in overrides.split() if not o.startswith("guidance.scale=")]
+    if short:
+        other = [o for o in other if "/" not in o]
+    return " ".join(other) or ("" if short else "runs")
+
+
+def _plot_grids(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    shown = [r for r in rows if (Path(r["dir"]) / "grid.png").is_file()]
+    if not shown:
+        return None
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.4), squeeze=False)
+    for ax, row in zip(axes[0], shown):
+        ax.imshow(Image.open(Path(row["dir"]) / "grid.png"), cmap="gray")
+        ax.set_title(
+            f"scale {row['guidance_scale']:g}  {_series_label(row['overrides'], short=True)}", fontsize=8
+        )
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_summary(rows: Sequence[dict[str, Any]], path: str | Path) -> Path | None:
+    """Scores against guidance scale (one panel per score present) and precision vs recall.
+
+    Runs that were not scored are shown as their sample grids side by side instead. None: nothing to plot.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    present = [m for m in METRIC_COLUMNS if any(r.get(m) is not None for r in rows)]
+    if not present:
+        return _plot_grids(rows, path)
+    trade_off = "precision" in present and "recall" in present
+    panels = len(present) + int(trade_off)
+    fig, axes = plt.subplots(1, panels, figsize=(3.6 * panels, 3.2), squeeze=False)
+    series: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        series[_series_label(row["overrides"])].append(row)
+    for ax, metric in zip(axes[0], present):
+        for label, points in series.items():
+            points = [p for p in points if p.get(metric) is not None]
+            ax.plot([p["guidance_scale"] for p in points], [p[metric] for p in points], "o-", label=label)
+        ax.set_xlabel("guidance scale")
+        ax.set_title(_TITLES[metric])
+        ax.grid(alpha=0.3)
+    if trade_off:
+        ax = axes[0][-1]
+        for label, points in series.items():
+            points = [p for p in points if p.get("precision") is not None and p.get("recall") is not None]
+            ax.plot([p["recall"] for p in points], [p["precision"] for p in points], "o-", label=label)
+            for p in points:
+                ax.annotate(f"{p['guidance_scale']:g}", (p["recall"], p["precision"]), fontsize=7)
+        ax.set_xlabel("recall")
+        ax.set_ylabel("precision")
+        ax.set_title("fidelity vs diversity")
+        ax.grid(alpha=0.3)
+    if len(series) > 1:
+        axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+class SweepSummary(Callback):
+    """Hydra callback: after a multirun, write summary.csv and summary.png into the sweep folder.
+
+    Args:
+        filename: stem of the two files.
+    """
+
+    def __init__(self, filename: str = "summary") -> None:
+        self.filename = filename
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        rows = collect_runs(sweep_dir)
+        if not rows:
+            log.warning("no sample runs found in %s: no summary written", sweep_dir)
+            return
+        csv_path = write_summary(rows, sweep_dir / f"{self.filename}.csv")
+        png_path = plot_summary(rows, sweep_dir / f"{self.filename}.png")
+        log.info("sweep summary: %s%s", csv_path, f", {png_path}" if png_path else " (no scores to plot)")

@@ -1,0 +1,370 @@
+"""The upsampling stack: training on area-downsampled pairs, upsampling base samples, base -> upsampler runs,
+OpenAI-shaped upsampler weights through the loading path, and whether outputs follow their own low_res."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from torch import nn
+
+from adm.diffusion import create_diffusion
+from adm.io.checkpoint import load_checkpoint
+from adm.lit.superres import SuperResModule
+from adm.nn import SuperResUNet, UNet
+from adm.presets import build_network, load_preset
+from adm.sampling import ddim_sample, ddpm_sample
+from adm.sampling.runner import LabelPlan, sample_seed
+from adm.sampling.two_stage import BaseSamples, UpsampleDrawer, from_uint8, upsample, upsample_seed
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+from train_superres import train  # noqa: E402
+from upsample import load_upsampler  # noqa: E402
+from upsample import upsample as upsample_script  # noqa: E402
+
+# 16 px digits from 8 px inputs, 8 images per step: seconds on a CPU.
+TINY = ["experiment=sr_mnist", "model=adm_sr_tiny", "data.image_size=16", "low_res_size=8", "batch_size=8"]
+
+
+def compose_cfg(config_name: str, overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name, overrides=overrides)
+
+
+def correlations(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(N, N) Pearson correlations between the rows of a (N, ...) and b (N, ...)."""
+    a, b = a.flatten(1).double(), b.flatten(1).double()
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return (a / a.norm(dim=1, keepdim=True)) @ (b / b.norm(dim=1, keepdim=True)).T
+
+
+def write_npz(path: Path, images: np.ndarray, labels: np.ndarray | None) -> Path:
+    arrays = {"arr_0": images} if labels is None else {"arr_0": images, "arr_1": labels}
+    np.savez(path, **arrays)
+    return path
+
+
+def ckpt_path(run: Path) -> Path:
+    return run / "checkpoints" / "last.ckpt"
+
+
+# --- training -----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained_sr(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two optimizer steps of the tiny upsampler with the real train_superres config; its run folder."""
+    out = tmp_path_factory.mktemp("sr_run")
+    cfg = compose_cfg(
+        "train_superres",
+        [
+            *TINY,
+            "trainer.max_steps=2",
+            "trainer.log_every_n_steps=1",
+            "callbacks.ema.rates=[0.9]",
+            f"paths.output_dir={out}",
+        ],
+    )
+    trainer = train(cfg)
+    assert trainer.global_step == 2
+    return out
+
+
+def test_training_step_tiny_config(trained_sr: Path):
+    ckpt = torch.load(trained_sr / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    config = ckpt["adm_config"]
+    assert config["low_res_size"] == 8
+    assert config["model"]["_target_"] == "adm.nn.SuperResUNet"
+    assert (
+        config["model"]["image_size"],
+        config["model"]["in_channels"],
+        config["model"]["num_classes"],
+    ) == (
+        16,
+        1,
+        10,
+    )
+    assert ckpt["adm_ema"]["rates"] == [0.9]
+    header = next(trained_sr.glob("csv/version_*/metrics.csv")).read_text().splitlines()[0].split(",")
+    assert {"train/loss", "train/loss_mse", "train/loss_vb"} <= set(header)
+
+    loaded = load_checkpoint(trained_sr / "checkpoints" / "last.ckpt")  # EMA weights, rebuilt from the file
+    assert isinstance(loaded.unet, SuperResUNet) and loaded.weights == "ema_0.9"
+    raw = load_checkpoint(ckpt_path(trained_sr), ema=False).unet.state_dict()
+    assert any(not torch.equal(v, raw[k]) for k, v in loaded.unet.state_dict().items())
+
+
+def test_training_pairs_are_area_means():
+    """The network is trained on low_res = mean of each 2x2 block of x_0 (OpenAI's area resize)."""
+    cfg = {k: v for k, v in load_preset("adm_sr_tiny").items() if k != "diffusion"}
+    unet = build_network({**cfg, "image_size": 16, "in_channels": 1})
+    diffusion = create_diffusion(steps=1000, noise_schedule="cosine", learn_sigma=True)
+    from adm.diffusion import UniformSampler
+
+    module = SuperResModule(
+        unet=unet,
+        diffusion=diffusion,
+        low_res_size=8,
+        timestep_sampler=UniformSampler(diffusion),
+        optimizer=functools.partial(torch.optim.AdamW, lr=1e-4),
+        config={"model": {}, "diffusion": {}, "data": {}},
+    )
+    assert module.adm_config["low_res_size"] == 8
+    seen = {}
+    unet.register_forward_pre_hook(lambda m, args, kwargs: seen.update(kwargs), with_kwargs=True)
+    x_0 = torch.rand(4, 1, 16, 16) * 2 - 1
+    y = torch.tensor([0, 3, 5, 9])
+    loss = module.training_step((x_0, y), 0)
+    assert torch.isfinite(loss)
+    block_means = x_0.reshape(4, 1, 8, 2, 8, 2).mean(dim=(3, 5))
+    torch.testing.assert_close(seen["low_res"], block_means, rtol=0, atol=1e-6)
+    assert torch.equal(seen["y"], y)
+    loss.backward()
+    assert (
+        unet.input_blocks[0][0].weight.grad[:, 1].abs().sum() > 0
+    )  # the low_res input channel gets gradient
+    assert module._batch_low_res is None
+
+    with pytest.raises(ValueError, match="upsampler"):
+        SuperResModule(
+            unet=build_network("adm_u_tiny"),
+            diffusion=diffusion,
+            low_res_size=8,
+            timestep_sampler=UniformSampler(diffusion),
+            optimizer=functools.partial(torch.optim.AdamW, lr=1e-4),
+        )
+    with pytest.raises(ValueError, match="low_res_size"):
+        SuperResModule(
+            unet=unet,
+            diffusion=diffusion,
+            low_res_size=16,
+            timestep_sampler=UniformSampler(diffusion),
+            optimizer=functools.partial(torch.optim.AdamW, lr=1e-4),
+        )
+
+
+# --- conditioning -------------------------------------------------------------------------------------------
+class OracleUpsampler(nn.Module):
+    """The exact noise predictor when x_0 = bilinear(low_res): eps = (x_t - sqrt(ab_t) x_0) / sqrt(1 - ab_t).
+
+    A sampler driven by it returns bilinear(low_res) of whatever low_res reaches it, so the output follows the
+    conditioning exactly as far as the pipeline hands each sample its own low_res (and label).
+    """
+
+    def __init__(
+        self, alphas_cumprod: torch.Tensor, channels: int, image_size: int, num_classes: int
+    ) -> None:
+        super().__init__()
+        self.in_channels, self.image_size, self.num_classes = channels, image_size, num_classes
+        self.register_buffer("alpha_bar", alphas_cumprod.double())
+        self.labels: list[torch.Tensor] = []
+
+    def forward(self, x, t, low_res=None, y=None):
+        x_0 = F.interpolate(low_res, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        ab = self.alpha_bar[t.long()].float().view(-1, 1, 1, 1)
+        eps = (x - ab.sqrt() * x_0) / (1 - ab).sqrt()
+        self.labels.append(y)
+        return torch.cat([eps, torch.zeros_like(eps)], dim=1)  # variance: middle of the learned range
+
+
+def test_output_follows_its_own_low_res(tmp_path: Path):
+    g = torch.Generator().manual_seed(0)
+    low = F.avg_pool2d(torch.rand(6, 1, 16, 16, generator=g), 2) * 2 - 1  # smooth random 8x8 images
+    images = ((low + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    labels = np.array([3, 1, 4, 1, 5, 9])
+    base = BaseSamples(write_npz(tmp_path / "base.npz", images, labels))
+    diffusion = create_diffusion(steps=1000, noise_schedule="linear", learn_sigma=True)
+    oracle = OracleUpsampler(diffusion.alphas_cumprod, channels=1, image_size=16, num_classes=10)
+    drawer = UpsampleDrawer(
+        unet=oracle,
+        diffusion=diffusion,
+        sampler=functools.partial(ddpm_sample, steps=8),
+        base=base,
+        seed=0,
+        device="cpu",
+        low_res_size=8,
+    )
+    out, out_labels = drawer(range(6))
+    assert out.shape == (6, 16, 16, 1) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out_labels, labels)
+    assert all(torch.equal(y, torch.as_tensor(labels)) for y in oracle.labels)
+
+    c = correlations(F.avg_pool2d(from_uint8(out), 2), from_uint8(images))
+    own, other = c.diagonal(), c[~torch.eye(6, dtype=torch.bool)]
+    assert own.min() > 0.95, own
+    assert other.abs().max() < 0.6 and own.min() > other.max() + 0.4, c
+
+    with pytest.raises(ValueError, match="trained on 4 px"):
+        UpsampleDrawer(
+            unet=oracle,
+            diffusion=diffusion,
+            sampler=ddpm_sample,
+            base=base,
+            seed=0,
+            device="cpu",
+            low_res_size=4,
+        )(range(2))
+    unlabelled = BaseSamples(write_npz(tmp_path / "nolabels.npz", images, None))
+    with pytest.raises(ValueError, match="no labels"):
+        UpsampleDrawer(
+            unet=oracle, diffusion=diffusion, sampler=ddpm_sample, base=unlabelled, seed=0, device="cpu"
+        )(range(2))
+
+
+def test_upsample_noise_is_per_sample():
+    """Sample i's upsampling depends only on (seed, i): not on its batch; unlike the base noise."""
+    cfg = {k: v for k, v in load_preset("adm_sr_tiny").items() if k != "diffusion"}
+    torch.manual_seed(0)
+    unet = build_network({**cfg, "image_size": 16, "in_channels": 1})
+    for p in unet.out.parameters():  # the zero-initialised head would make every output identical
+        nn.init.normal_(p, std=0.05)
+    diffusion = create_diffusion(steps=1000, noise_schedule="cosine", learn_sigma=True)
+    sampler = functools.partial(ddim_sample, steps=3, eta=1.0)
+    low_res = torch.rand(4, 1, 8, 8) * 2 - 1
+    y = torch.tensor([1, 2, 3, 4])
+    seeds = [upsample_seed(7, i) for i in range(4)]
+    full = upsample(unet, diffusion, sampler, low_res, seeds=seeds, y=y)
+    part = upsample(unet, diffusion, sampler, low_res[2:], seeds=seeds[2:], y=y[2:])
+    torch.testing.assert_close(part, full[2:], rtol=0, atol=1e-5)
+    other = upsample(unet, diffusion, sampler, low_res, seeds=[upsample_seed(8, i) for i in range(4)], y=y)
+    assert (other - full).abs().mean() > 1e-3
+    assert len({*seeds, *(sample_seed(7, i) for i in range(4))}) == 8  # base and upsampling noise differ
+    with pytest.raises(ValueError, match="class-conditional"):
+        upsample(unet, diffusion, sampler, low_res, seeds=seeds)
+
+
+# --- base -> upsampler on CPU -------------------------------------------------------------------------------
+def save_base_checkpoint(path: Path) -> Path:
+    """A tiny class-conditional 8 px base model in the training-checkpoint layout (random weights)."""
+    kwargs = {k: v for k, v in load_preset("adm_u_tiny").items() if k != "diffusion"}
+    kwargs.update(image_size=8, in_channels=1)
+    torch.manual_seed(1)
+    unet = UNet(**{k: v for k, v in kwargs.items() if k != "_target_"})
+    for p in unet.out.parameters():
+        nn.init.normal_(p, std=0.05)
+    diffusion = {
+        "_target_": "adm.diffusion.create_diffusion",
+        "steps": 1000,
+        "noise_schedule": "cosine",
+        "learn_sigma": True,
+    }
+    ckpt = {
+        "adm_config": {"model": kwargs, "diffusion": diffusion, "data": {}},
+        "state_dict": {f"unet.{k}": v for k, v in unet.state_dict().items()},
+        "global_step": 0,
+    }
+    torch.save(ckpt, path)
+    return path
+
+
+def test_base_then_upsample_on_cpu(trained_sr: Path, tmp_path: Path):
+    base_ckpt = save_base_checkpoint(tmp_path / "base.ckpt")
+    common = [
+        f"ckpt={ckpt_path(trained_sr)}",
+        "sampler=ddim",
+        "sampler.steps=3",
+        "sampler.eta=1.0",
+        "seed=3",
+        "shard_size=3",
+        "progress=false",
+        "trainer.accelerator=cpu",
+    ]
+    two_stage = tmp_path / "two_stage"
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(
+            "upsample",
+            overrides=[
+                *common,
+                "num_samples=5",
+                "batch_size=2",
+                f"out_dir={two_stage}",
+                f"paths.output_dir={two_stage}",
+                f"base=[ckpt={base_ckpt},sampler=ddim,sampler.steps=3,sampler.eta=1.0,labels=random]",
+            ],
+        )
+        result = upsample_script(cfg)
+
+    with np.load(result["samples"]) as up, np.load(result["base_samples"]) as base:
+        assert up["arr_0"].shape == (5, 16, 16, 1) and up["arr_0"].dtype == np.uint8
+        assert base["arr_0"].shape == (5, 8, 8, 1)
+        expected = LabelPlan("random", 10, seed=3)(range(5))
+        np.testing.assert_array_equal(base["arr_1"], expected)
+        np.testing.assert_array_equal(up["arr_1"], expected)
+        up_images = up["arr_0"]
+    assert Path(result["grid"]).is_file()
+
+    # Upsampling the saved base file again, in other batches: the same images (per-sample seeds).
+    again = tmp_path / "again"
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(
+            "upsample",
+            overrides=[
+                *common,
+                "batch_size=3",
+                f"base_samples={result['base_samples']}",
+                f"out_dir={again}",
+                f"paths.output_dir={again}",
+            ],
+        )
+        result2 = upsample_script(cfg)
+        with np.load(result2["samples"]) as up2:
+            np.testing.assert_array_equal(up2["arr_0"], up_images)
+        with pytest.raises(ValueError, match="trained on 8 px"):  # 16 px "base" images for an 8 -> 16 model
+            upsample_script(
+                compose(
+                    "upsample",
+                    overrides=[
+                        *common,
+                        f"base_samples={result2['samples']}",
+                        f"out_dir={tmp_path / 'bad'}",
+                        f"paths.output_dir={tmp_path / 'bad'}",
+                    ],
+                )
+            )
+
+
+# --- OpenAI-shaped weights ----------------------------------------------------------------------------------
+def test_openai_upsampler_weights_reproduce_golden(golden_dir: Path, rel_error):
+    """OpenAI's SuperResModel state dict (golden superres_cond), loaded as openai_ckpt=... model=<preset>."""
+    case = golden_dir / "superres_cond"
+    tensors = torch.load(case / "tensors.pt", weights_only=True)
+    # adm_sr_tiny with the golden network's settings (attention at 32/2 and 32/4 px, 1000 classes, 4 heads)
+    overrides = [
+        f"openai_ckpt={case / 'state_dict.pt'}",
+        "model=adm_sr_tiny",
+        "diffusion=linear",
+        "model.attention_resolutions=[16,8]",
+        "model.num_classes=1000",
+        "model.num_heads=4",
+        "model.num_head_channels=-1",
+        "model.use_new_attention_order=false",
+        "paths.output_dir=unused",
+    ]
+    cfg = compose_cfg("upsample", overrides)
+    loaded, low_res_size = load_upsampler(cfg)
+    assert isinstance(loaded.network, SuperResUNet) and low_res_size is None
+    assert loaded.fingerprint["weights"] == "openai" and loaded.diffusion.num_timesteps == 1000
+    with torch.no_grad():
+        out = loaded.network(tensors["x"], tensors["timesteps"], low_res=tensors["low_res"], y=tensors["y"])
+    assert rel_error(out, tensors["output"]) <= 1e-5
+
+    bad = compose_cfg("upsample", [*overrides[:1], "model=adm_sr_tiny", "paths.output_dir=unused"])
+    with pytest.raises(ValueError, match="does not fit"):
+        load_upsampler(bad)
+
+
+def test_paper_presets_compose():
+    for name, large, diffusion in [("adm_sr_64_256", 256, "linear"), ("adm_sr_128_512", 512, "linear")]:
+        cfg = compose_cfg("upsample", ["openai_ckpt=x.pt", f"model={name}", "paths.output_dir=unused"])
+        assert cfg.model._target_ == "adm.nn.SuperResUNet" and cfg.model.image_size == large
+        assert cfg.diffusion.noise_schedule == diffusion
+    for exp, small, large in [("sr_64_256", 64, 256), ("sr_128_512", 128, 512), ("sr_mnist", 14, 28)]:
+        cfg = compose_cfg("train_superres", [f"experiment={exp}", "paths.output_dir=unused"])
+        assert (cfg.low_res_size, cfg.model.image_size, cfg.data.image_size) == (small, large, large)
+        assert cfg.callbacks.get("sample_grid") is None
