@@ -103,6 +103,9 @@ def test_factories_validate_sizes_and_types():
         assert isinstance(clf, EncoderUNetModel) and clf.num_classes == 1000
         sr = sr_create_model(64, 16, 32, 1, True, False, False, "16", 1, -1, -1, True, 0.0, True, False)
         assert isinstance(sr, SuperResModel) and sr.out_channels == 6
+    net = create_model(64, 32, 1, channel_mult="1,2", attention_resolutions="32", class_cond=True)
+    out = net(torch.randn(1, 3, 16, 16), timesteps=torch.tensor([1]), y=torch.tensor([3]))  # OpenAI's names
+    assert out.shape == (1, 3, 16, 16)
     with pytest.raises(ValueError, match="dims=2"):
         UNetModel(16, 3, 32, 3, 1, [2], dims=3)
 

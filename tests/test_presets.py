@@ -163,3 +163,12 @@ def test_conf_dir_override(tmp_path, monkeypatch):
     monkeypatch.setenv("ADM_CONF_DIR", str(tmp_path))
     assert list_presets("model") == ["my_net"] and list_presets("classifier") == []
     assert isinstance(build_network("my_net"), UNet)
+
+
+def test_hydra_instantiates_presets():
+    from hydra.utils import instantiate
+
+    for kind, name in (("model", "adm_u_tiny"), ("model", "adm_sr_tiny"), ("classifier", "adm_cls_tiny")):
+        cfg = OmegaConf.load(conf_dir() / kind / f"{name}.yaml")
+        net = instantiate(cfg[kind])
+        assert shape_map(net) == shape_map(build_network(name))

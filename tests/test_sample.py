@@ -31,13 +31,14 @@ TINY_UNET = dict(
 )  # fmt: skip
 TINY_CLASSIFIER = dict(
     _target_="adm.nn.EncoderUNet", image_size=8, in_channels=1, model_channels=32, out_channels=3,
-    num_res_blocks=1, attention_resolutions=[], channel_mult=[1, 2], pool="attention", dropout=0.0, num_heads=1,
-    num_head_channels=32, use_scale_shift_norm=True, resblock_updown=True, use_new_attention_order=False,
-    use_checkpoint=False,
+    num_res_blocks=1, attention_resolutions=[], channel_mult=[1, 2], pool="attention", dropout=0.0,
+    num_heads=1, num_head_channels=32, use_scale_shift_norm=True, resblock_updown=True,
+    use_new_attention_order=False, use_checkpoint=False,
 )  # fmt: skip
 COSINE = dict(
     _target_="adm.diffusion.create_diffusion", steps=1000, noise_schedule="cosine", learn_sigma=True,
-    sigma_small=False, predict_xstart=False, use_kl=False, rescale_learned_sigmas=True, rescale_timesteps=False,
+    sigma_small=False, predict_xstart=False, use_kl=False, rescale_learned_sigmas=True,
+    rescale_timesteps=False,
 )  # fmt: skip
 FAST = ["sampler=ddim", "sampler.steps=2", "progress=false"]
 
@@ -106,7 +107,7 @@ def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         return data["arr_0"], data["arr_1"]
 
 
-# --- seeds, labels, shards ----------------------------------------------------------------------------------
+# --- seeds, labels, shards ---------------------------------------------------------------------------------
 def test_labels_depend_only_on_seed_and_index():
     plan = LabelPlan("random", num_classes=10, seed=3)
     whole = plan(range(0, 40))
@@ -142,12 +143,19 @@ def test_merge_streams_shards_into_openai_npz(tmp_path):
     assert merged_labels.dtype == np.int64
 
 
-# --- processes ------------------------------------------------------------------------------------------------
-def test_two_processes_draw_what_one_draws(tiny, tmp_path, one_thread):
+# --- processes ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        "ddp_fork",  # the same launcher as the default, without re-importing everything in the children
+        pytest.param("auto", marks=pytest.mark.slow),  # the default: ddp_spawn (what GPUs use)
+    ],
+)
+def test_two_processes_draw_what_one_draws(tiny, tmp_path, one_thread, strategy):
     common = [f"ckpt={tiny['model']}", f"classifier_ckpt={tiny['classifier']}", "guidance.scale=2", *FAST,
               "num_samples=6", "batch_size=2", "shard_size=2", "trainer.accelerator=cpu"]  # fmt: skip
     one = run(common, tmp_path / "one")
-    two = run([*common, "trainer.devices=2"], tmp_path / "two")
+    two = run([*common, "trainer.devices=2", f"trainer.strategy={strategy}"], tmp_path / "two")
     assert (one["generated_shards"], two["generated_shards"]) == (3, 2)  # rank 0 of 2 wrote shards 0 and 2
     images_1, labels_1 = load_npz(one["samples"])
     images_2, labels_2 = load_npz(two["samples"])
@@ -160,8 +168,8 @@ def test_two_processes_draw_what_one_draws(tiny, tmp_path, one_thread):
 
 
 def test_rerun_skips_finished_shards(tiny, tmp_path, one_thread):
-    args = [f"ckpt={tiny['model']}", *FAST, "num_samples=6", "batch_size=2", "shard_size=2", "keep_shards=true",
-            "labels=[2,0]", "save_png=true"]  # fmt: skip
+    args = [f"ckpt={tiny['model']}", *FAST, "num_samples=6", "batch_size=2", "shard_size=2",
+            "keep_shards=true", "labels=[2,0]", "save_png=true"]  # fmt: skip
     first = run(args, tmp_path)
     images, labels = load_npz(first["samples"])
     np.testing.assert_array_equal(labels, [2, 0, 2, 0, 2, 0])
@@ -206,7 +214,7 @@ def test_openai_weights_with_a_preset(tiny, tmp_path, one_thread):
         run([f"openai_ckpt={tiny['openai']}", "model=adm_u_tiny", *FAST], tmp_path / "y")
 
 
-# --- errors -------------------------------------------------------------------------------------------------
+# --- errors ------------------------------------------------------------------------------------------------
 class _Boom:
     def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))

@@ -182,6 +182,12 @@ class UNetModel(_FP16Mixin, UNet):
             )
         )
 
+    def forward(
+        self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """OpenAI's argument names: (B, C, H, W) x, (B,) timesteps, (B,) labels y -> (B, out, H, W)."""
+        return super().forward(x, timesteps, y)
+
 
 class SuperResModel(_FP16Mixin, SuperResUNet):
     """OpenAI's ``SuperResModel``: ``forward(x, timesteps, low_res=None, y=None)``.
@@ -236,6 +242,16 @@ class SuperResModel(_FP16Mixin, SuperResUNet):
             )
         )
 
+    def forward(  # type: ignore[override]
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        low_res: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """OpenAI's argument names: x (B, C, H, W), timesteps (B,), low_res (B, C, h, w), y (B,)."""
+        return super().forward(x, timesteps, low_res, y)
+
 
 class EncoderUNetModel(_FP16Mixin, EncoderUNet):
     """OpenAI's ``EncoderUNetModel`` signature over :class:`adm.nn.EncoderUNet`."""
@@ -284,6 +300,10 @@ class EncoderUNetModel(_FP16Mixin, EncoderUNet):
             use_checkpoint=bool(use_checkpoint),
             conv_resample=True,
         )
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """OpenAI's argument names: x (B, C, H, W), timesteps (B,) -> logits (B, out_channels)."""
+        return super().forward(x, timesteps)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ which FID / precision / recall compare the sample and data distributions.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -18,6 +19,8 @@ from torch import nn
 
 from adm.metrics.extractor import FeatureExtractor
 from adm.metrics.images import ImageBatch, as_uint8_nchw
+
+log = logging.getLogger(__name__)
 
 
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -33,7 +36,7 @@ class DomainClassifier(nn.Module):
     penultimate activations.
     """
 
-    def __init__(self, in_channels: int, image_size: int, num_classes: int, *, width: int = 32) -> None:
+    def __init__(self, in_channels: int, image_size: int, num_classes: int, *, width: int = 16) -> None:
         super().__init__()
         self.in_channels, self.image_size, self.num_classes, self.width = (
             in_channels,
@@ -136,7 +139,7 @@ def train_domain_classifier(
     epochs: int,
     seed: int,
     num_classes: int | None = None,
-    width: int = 32,
+    width: int = 16,
     batch_size: int = 64,
     lr: float = 3e-3,
     max_shift: int = 2,
@@ -145,8 +148,8 @@ def train_domain_classifier(
     """Train a `DomainClassifier` on real images (uint8 (N, H, W, C) or float (N, C, H, W) in [-1, 1]).
 
     AdamW with a one-cycle learning rate and random shifts of up to `max_shift` pixels; deterministic for a
-    given `seed` on CPU. MNIST-5k (4000 training digits, width 32, 8 epochs) reaches ~98-99% held-out accuracy
-    in well under a minute on two CPU cores. Returns the classifier in eval mode, on CPU.
+    given `seed` on CPU. MNIST-5k (4000 training digits, 8 epochs) reaches ~98% held-out accuracy in about
+    30-60 s on two CPU cores. Returns the classifier in eval mode, on CPU.
     """
     x = images_to_float(images)
     y = torch.as_tensor(labels).long().cpu()
@@ -156,8 +159,9 @@ def train_domain_classifier(
         raise ValueError(f"the domain classifier expects square images, got {tuple(x.shape[2:])}")
     num_classes = int(y.max()) + 1 if num_classes is None else num_classes
     generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model = DomainClassifier(x.shape[1], x.shape[2], num_classes, width=width)
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
+        torch.manual_seed(seed)
+        model = DomainClassifier(x.shape[1], x.shape[2], num_classes, width=width)
     steps_per_epoch = math.ceil(len(x) / batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch)
@@ -166,6 +170,8 @@ def train_domain_classifier(
         order = torch.randperm(len(x), generator=generator)
         total = 0.0
         for idx in order.split(batch_size):
+            if len(idx) < 2:  # batch norm needs two samples
+                continue
             x_b = _shift(x[idx], max_shift, generator) if max_shift > 0 else x[idx]
             loss = F.cross_entropy(model(x_b), y[idx])
             optimizer.zero_grad(set_to_none=True)
@@ -174,7 +180,7 @@ def train_domain_classifier(
             schedule.step()
             total += loss.item() * len(idx)
         if progress:
-            print(f"domain classifier epoch {epoch + 1}/{epochs}: loss {total / len(x):.4f}", flush=True)
+            log.info("domain classifier epoch %d/%d: loss %.4f", epoch + 1, epochs, total / len(x))
     return model.eval()
 
 

@@ -26,6 +26,8 @@ import importlib.util
 import os
 import warnings
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -255,6 +257,27 @@ def load_inception_network(path: str | Path) -> InceptionV3:
     return network
 
 
+@contextmanager
+def _ieee_fp32_convolutions() -> Iterator[None]:
+    """Full-precision cuDNN convolutions inside the block (TF32, PyTorch's default for convolutions on recent
+    GPUs, moves the features and so the FID); the previous setting is restored afterwards."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        previous = conv.fp32_precision
+        conv.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            conv.fp32_precision = previous
+    else:
+        previous = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32 = previous
+
+
 class InceptionExtractor(FeatureExtractor):
     """FeatureExtractor for the evaluator's Inception: "pool" (2048), "spatial" (2023), "logits" (1008, when
     the weights have the softmax layer). Grey images are repeated to 3 channels."""
@@ -280,7 +303,8 @@ class InceptionExtractor(FeatureExtractor):
     def extract(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        pool, spatial, logits = self.network(x)
+        with _ieee_fp32_convolutions():
+            pool, spatial, logits = self.network(x)
         out = {"pool": pool, "spatial": spatial}
         if logits is not None:
             out["logits"] = logits
