@@ -96,12 +96,12 @@ def write_summary(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     return path
 
 
-def _series_label(overrides: str, short: bool = False) -> str:
-    """The swept settings other than the guidance scale (paths left out) that tell series apart."""
-    other = [o for o in overrides.split() if not o.startswith("guidance.scale=")]
-    if short:
-        other = [o for o in other if "/" not in o]
-    return " ".join(other) or ("" if short else "runs")
+def _series_labels(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Per row: the overrides other than the guidance scale whose values differ between runs ("" if none)."""
+    parsed = [dict(o.split("=", 1) for o in row["overrides"].split() if "=" in o) for row in rows]
+    keys = sorted({k for p in parsed for k in p} - {"guidance.scale"})
+    varying = [k for k in keys if len({p.get(k) for p in parsed}) > 1]
+    return [" ".join(f"{k}={p[k]}" for k in varying if k in p) for p in parsed]
 
 
 def _plot_grids(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
@@ -112,11 +112,10 @@ def _plot_grids(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
     if not shown:
         return None
     fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.4), squeeze=False)
-    for ax, row in zip(axes[0], shown):
-        ax.imshow(Image.open(Path(row["dir"]) / "grid.png"), cmap="gray")
-        ax.set_title(
-            f"scale {row['guidance_scale']:g}  {_series_label(row['overrides'], short=True)}", fontsize=8
-        )
+    for ax, row, label in zip(axes[0], shown, _series_labels(shown)):
+        with Image.open(Path(row["dir"]) / "grid.png") as grid:
+            ax.imshow(grid.convert("RGB"))
+        ax.set_title(f"guidance scale {row['guidance_scale']:g}\n{label}".strip(), fontsize=8)
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -140,11 +139,16 @@ def plot_summary(rows: Sequence[dict[str, Any]], path: str | Path) -> Path | Non
         return _plot_grids(rows, path)
     trade_off = "precision" in present and "recall" in present
     panels = len(present) + int(trade_off)
-    fig, axes = plt.subplots(1, panels, figsize=(3.6 * panels, 3.2), squeeze=False)
+    ncols = min(panels, 3)
+    nrows = -(-panels // ncols)
+    fig, grid = plt.subplots(nrows, ncols, figsize=(3.8 * ncols, 3.2 * nrows), squeeze=False)
+    axes = list(grid.flat)
+    for ax in axes[panels:]:
+        ax.axis("off")
     series: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        series[_series_label(row["overrides"])].append(row)
-    for ax, metric in zip(axes[0], present):
+    for row, label in zip(rows, _series_labels(rows)):
+        series[label or "runs"].append(row)
+    for ax, metric in zip(axes, present):
         for label, points in series.items():
             points = [p for p in points if p.get(metric) is not None]
             ax.plot([p["guidance_scale"] for p in points], [p[metric] for p in points], "o-", label=label)
@@ -152,7 +156,7 @@ def plot_summary(rows: Sequence[dict[str, Any]], path: str | Path) -> Path | Non
         ax.set_title(_TITLES[metric])
         ax.grid(alpha=0.3)
     if trade_off:
-        ax = axes[0][-1]
+        ax = axes[panels - 1]
         for label, points in series.items():
             points = [p for p in points if p.get("precision") is not None and p.get("recall") is not None]
             ax.plot([p["recall"] for p in points], [p["precision"] for p in points], "o-", label=label)
@@ -160,10 +164,10 @@ def plot_summary(rows: Sequence[dict[str, Any]], path: str | Path) -> Path | Non
                 ax.annotate(f"{p['guidance_scale']:g}", (p["recall"], p["precision"]), fontsize=7)
         ax.set_xlabel("recall")
         ax.set_ylabel("precision")
-        ax.set_title("fidelity vs diversity")
+        ax.set_title("fidelity vs diversity (labels: scale)")
         ax.grid(alpha=0.3)
     if len(series) > 1:
-        axes[0][0].legend(fontsize=7)
+        axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

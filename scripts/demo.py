@@ -1,16 +1,16 @@
 """`make demo`: classifier guidance in miniature on MNIST-5k, from training to a scored guidance sweep.
 
     python scripts/demo.py                                        # ~12 minutes on a quiet 2-core CPU
-    python scripts/demo.py scales=[0,1,2,4,8,16] reuse=true       # re-sample with the networks already trained
+    python scripts/demo.py scales=[0,1,2,4,8,16] reuse=true       # re-sample with the trained networks
     python scripts/demo.py 'diffusion_overrides=["trainer.max_steps=3000"]'
 
 1. a small CNN learns the real digits (train split): the independent ruler of step 4;
 2. the class-conditional ADM trains through scripts/train.py's recipe (experiment=demo_diffusion);
 3. the noisy classifier trains through scripts/train_classifier.py's recipe (experiment=demo_classifier);
-4. both come back from their checkpoints; every guidance scale samples the same seeds and balanced labels; the
-   CNN scores each scale (accuracy w.r.t. the requested class; FID / precision / recall of its features against
-   the held-out digits); a table is printed and written to ${output_dir}/summary.json, with the best scale's
-   samples in ${output_dir}/samples_grid.png (one row per class) and every scale's in grids/.
+4. both come back from their checkpoints; every guidance scale samples the same seeds and balanced labels;
+   the CNN scores each scale (accuracy w.r.t. the requested class; FID / precision / recall of its features
+   against the held-out digits); a table is printed and written to ${output_dir}/summary.json, with the best
+   scale's samples in ${output_dir}/samples_grid.png (one row per class) and every scale's in grids/.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from hydra import compose
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torchvision.utils import save_image
-
 from train import train
 from train_classifier import train_classifier
 
@@ -54,7 +53,7 @@ def scale_key(scale: float) -> str:
 def train_network(
     config_name: str, overrides: list[str], run_dir: Path, fit: Callable[[DictConfig], Any], reuse: bool
 ) -> Path:
-    """Compose `config_name` (conf/train*.yaml) with `overrides`, fit it into `run_dir`; return its last.ckpt."""
+    """Compose `config_name` (conf/train*.yaml) with `overrides`, fit into `run_dir`; return its last.ckpt."""
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     if reuse and ckpt.is_file():
         log.info("reuse=true: keeping %s", ckpt)
@@ -62,7 +61,13 @@ def train_network(
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an earlier demo's run: its checkpoints must not mix with this one's
     cfg = compose(config_name=config_name, overrides=[*overrides, f"paths.output_dir={run_dir}"])
-    log.info("%s %s (%d steps, global batch %d)", config_name, " ".join(overrides), cfg.trainer.max_steps, cfg.batch_size)
+    log.info(
+        "%s %s (%d steps, global batch %d)",
+        config_name,
+        " ".join(overrides),
+        cfg.trainer.max_steps,
+        cfg.batch_size,
+    )
     fit(cfg)
     if not ckpt.is_file():
         raise FileNotFoundError(f"training finished without writing {ckpt}")
@@ -76,13 +81,15 @@ def check_same_process(model: TrainedCheckpoint, classifier: TrainedCheckpoint) 
     b = {k: classifier.config["diffusion"].get(k) for k in keys}
     if a != b:
         raise ValueError(
-            f"the classifier was trained on the process {b} but the diffusion model on {a}; train both with the "
-            "same `diffusion` config"
+            f"the classifier was trained on the process {b} but the diffusion model on {a}; train both with "
+            "the same `diffusion` config"
         )
 
 
-def real_digits(images: np.ndarray, labels: np.ndarray, num_classes: int, per_class: int) -> tuple[np.ndarray, np.ndarray]:
-    """Up to `per_class` images of each class (as many for every class), ordered like :func:`balanced_labels`."""
+def real_digits(
+    images: np.ndarray, labels: np.ndarray, num_classes: int, per_class: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Up to `per_class` images of each class (as many for all), ordered like :func:`balanced_labels`."""
     per_class = min(per_class, *(int((labels == k).sum()) for k in range(num_classes)))
     order = np.concatenate([np.flatnonzero(labels == k)[:per_class] for k in range(num_classes)])
     picked = order.reshape(num_classes, -1).T.reshape(-1)  # 0, 1, ..., K-1, 0, 1, ...
@@ -98,7 +105,9 @@ def run_demo(cfg: DictConfig) -> dict[str, dict[str, float]]:
         torch.set_num_threads(int(cfg.num_threads))
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    log.info("Writing to %s (torch threads: %d, load average %.2f)", out, torch.get_num_threads(), load_start[0])
+    log.info(
+        "Writing to %s (torch threads: %d, load average %.2f)", out, torch.get_num_threads(), load_start[0]
+    )
 
     # 1. The ruler: a small CNN trained on the real train digits, evaluated against the held-out ones.
     tick = time.perf_counter()
@@ -110,7 +119,11 @@ def run_demo(cfg: DictConfig) -> dict[str, dict[str, float]]:
     if cfg.reuse and domain_path.is_file():
         domain = DomainClassifier.load(domain_path)
     else:
-        log.info("[1/4] Training the domain CNN on %d real digits (%d epochs)", len(train_images), cfg.domain.epochs)
+        log.info(
+            "[1/4] Training the domain CNN on %d real digits (%d epochs)",
+            len(train_images),
+            cfg.domain.epochs,
+        )
         domain = train_domain_classifier(
             train_images,
             train_labels,
@@ -156,7 +169,12 @@ def run_demo(cfg: DictConfig) -> dict[str, dict[str, float]]:
     classifier = load_checkpoint(classifier_ckpt)
     check_same_process(model, classifier)
     classifier.classifier.requires_grad_(False)
-    log.info("[4/4] Sampling with %s weights (step %d); classifier step %d", model.weights, model.step, classifier.step)
+    log.info(
+        "[4/4] Sampling with %s weights (step %d); classifier step %d",
+        model.weights,
+        model.step,
+        classifier.step,
+    )
     sampler = instantiate(cfg.sampler)
     guidance_factory = instantiate(cfg.guidance)
     labels = balanced_labels(num_classes, cfg.samples_per_class)
@@ -183,7 +201,9 @@ def run_demo(cfg: DictConfig) -> dict[str, dict[str, float]]:
         log.info("scale %s: %s", key, summary[key])
         grids[key] = class_grid(x_0, labels, num_classes, cfg.grid_columns)
         save_image(grids[key], out / "grids" / f"scale_{key}.png")
-        np.savez(out / "samples" / f"scale_{key}.npz", arr_0=float_to_uint8(x_0).numpy(), arr_1=labels.numpy())
+        np.savez(
+            out / "samples" / f"scale_{key}.npz", arr_0=float_to_uint8(x_0).numpy(), arr_1=labels.numpy()
+        )
     timings["sample_and_score"] = time.perf_counter() - tick
 
     best = best_scale(summary)
@@ -210,7 +230,9 @@ def run_demo(cfg: DictConfig) -> dict[str, dict[str, float]]:
     (out / "details.json").write_text(json.dumps(details, indent=2) + "\n")
 
     table = format_table({**summary, "real": real_row})
-    print(f"\nClassifier guidance on MNIST-5k ({len(labels)} samples per scale; 'real' = {len(real_x)} real digits)")
+    print(
+        f"\nGuidance on MNIST-5k: {len(labels)} samples per scale; 'real' = {len(real_x)} real train digits"
+    )
     print(table)
     print(
         f"\nbest scale {best}: accuracy {summary[best]['accuracy']:.3f} "

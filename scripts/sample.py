@@ -4,6 +4,7 @@
     python scripts/sample.py ckpt=... classifier_ckpt=... guidance.scale=2 sampler=ddim sampler.steps=25
     python scripts/sample.py openai_ckpt=64x64_diffusion.pt model=adm_u_64 \\
         classifier_ckpt=64x64_classifier.pt classifier=adm_cls_64 guidance.scale=1.0 trainer.devices=8
+    python scripts/sample.py openai_ckpt=x.pt 'flags="--attention_resolutions 32,16,8 --class_cond True ..."'
     python scripts/sample.py -m guidance.scale=0,1,4 ckpt=... classifier_ckpt=...   # + summary.csv / .png
 
 Every process builds the networks, takes its shards (shard k goes to rank k % world_size), and writes them as
@@ -362,6 +363,9 @@ def _merged_is_complete(store: ShardStore) -> bool:
 
 def run_rank(fabric: Fabric, cfg: dict[str, Any]) -> dict[str, Any] | None:
     """One sampling process: its shards, then (rank 0) merge, grid and scores. Returns rank 0's summary."""
+    if not logging.getLogger().handlers:  # a spawned process: Hydra's logging lives in the parent only
+        level = logging.INFO if fabric.global_rank == 0 else logging.WARNING
+        logging.basicConfig(level=level, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     store, drawer = build_run(fabric, cfg)
     done = False
     if fabric.global_rank == 0:
@@ -451,15 +455,16 @@ def score(cfg: dict[str, Any], store: ShardStore, device: torch.device) -> dict[
 def sample(cfg: DictConfig) -> dict[str, Any]:
     """Resolve the config, start the processes, sample; returns rank 0's summary (paths, counts, metrics)."""
     plain = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
-    for key in ("ckpt", "openai_ckpt", "classifier_ckpt", "evaluate"):
-        value = plain[key] if key != "evaluate" else plain["evaluate"]["domain_ckpt"]
-        if value is not None and not Path(value).is_file():
-            raise FileNotFoundError(
-                f"{key if key != 'evaluate' else 'evaluate.domain_ckpt'}={value}: no such file"
-            )
-    reference = plain["evaluate"]["reference"]
-    if reference is not None and not Path(reference).exists():
-        raise FileNotFoundError(f"evaluate.reference={reference}: no such file")
+    files = {
+        "ckpt": plain["ckpt"],
+        "openai_ckpt": plain["openai_ckpt"],
+        "classifier_ckpt": plain["classifier_ckpt"],
+        "evaluate.domain_ckpt": plain["evaluate"]["domain_ckpt"],
+        "evaluate.reference": plain["evaluate"]["reference"],
+    }
+    for key, value in files.items():
+        if value is not None and not Path(value).exists():
+            raise FileNotFoundError(f"{key}={value}: no such file")
     fabric = build_fabric(plain["trainer"])
     log.info(
         "sampling %d images into %s (%d device(s), %s)",

@@ -1,8 +1,8 @@
 """Train an ADM diffusion model: compose the config, build data / network / process / module, fit.
 
-    python scripts/train.py experiment=smoke                                  # seconds, CPU
-    python scripts/train.py model=adm_u_64 data=imagenet64 trainer=ddp trainer.devices=8 batch_size=2048
-    python scripts/train.py hydra.run.dir=DIR ckpt_path=last                  # resume DIR/checkpoints/last.ckpt
+python scripts/train.py experiment=smoke                                  # seconds, CPU
+python scripts/train.py model=adm_u_64 data=imagenet64 trainer=ddp trainer.devices=8 batch_size=2048
+python scripts/train.py hydra.run.dir=DIR ckpt_path=last                  # resume DIR/checkpoints/last.ckpt
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
-from hydra.utils import instantiate
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
@@ -21,6 +22,16 @@ from adm.lit import DiffusionModule
 from adm.lit.common import per_device_batch_size
 
 log = logging.getLogger("train")
+
+
+def instantiate(node: Any, *args: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, letting a constructor's ValueError / FileNotFoundError through as is."""
+    try:
+        return hydra_instantiate(node, *args, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, ValueError | FileNotFoundError):
+            raise err.__cause__ from None
+        raise
 
 
 def build_trainer_and_data(cfg: DictConfig) -> tuple[pl.Trainer, pl.LightningDataModule]:
@@ -35,7 +46,11 @@ def build_trainer_and_data(cfg: DictConfig) -> tuple[pl.Trainer, pl.LightningDat
     per_device = per_device_batch_size(cfg.batch_size, trainer.num_devices, trainer.num_nodes, accumulate)
     log.info(
         "Global batch %d = %d device(s) x %d node(s) x %d accumulation x %d per device",
-        cfg.batch_size, trainer.num_devices, trainer.num_nodes, accumulate, per_device,
+        cfg.batch_size,
+        trainer.num_devices,
+        trainer.num_nodes,
+        accumulate,
+        per_device,
     )
     with open_dict(cfg):
         cfg.data.batch_size = per_device
@@ -49,7 +64,9 @@ def fit_network_to_data(net: DictConfig, datamodule: Any, classes_key: str) -> N
         net.image_size, net.in_channels = datamodule.image_size, datamodule.channels
         if classes_key == "out_channels":  # a classifier needs labels
             if datamodule.num_classes is None:
-                raise ValueError("the data is unconditional (data.class_cond=false): a classifier needs labels")
+                raise ValueError(
+                    "the data is unconditional (data.class_cond=false): a classifier needs labels"
+                )
             net.out_channels = datamodule.num_classes
         elif net.get("num_classes") is not None:  # a class-conditional preset learns the data's classes
             if datamodule.num_classes is None:
@@ -87,7 +104,7 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
 
 
 def train(cfg: DictConfig) -> pl.Trainer:
-    """Build everything the config describes and fit; returns the trainer (metrics in trainer.callback_metrics)."""
+    """Build everything the config describes and fit; returns the trainer (see trainer.callback_metrics)."""
     seed = pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     trainer, datamodule = build_trainer_and_data(cfg)

@@ -14,10 +14,14 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
-from hydra.utils import instantiate
 from omegaconf import DictConfig
-
-from train import build_trainer_and_data, fit_network_to_data, resolve_ckpt_path, save_resolved_config
+from train import (
+    build_trainer_and_data,
+    fit_network_to_data,
+    instantiate,
+    resolve_ckpt_path,
+    save_resolved_config,
+)
 
 from adm.lit import ClassifierModule
 
@@ -25,7 +29,7 @@ log = logging.getLogger("train_classifier")
 
 
 def train_classifier(cfg: DictConfig) -> pl.Trainer:
-    """Build everything the config describes and fit; returns the trainer (metrics in trainer.callback_metrics)."""
+    """Build everything the config describes and fit; returns the trainer (see trainer.callback_metrics)."""
     seed = pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     trainer, datamodule = build_trainer_and_data(cfg)

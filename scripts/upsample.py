@@ -2,11 +2,11 @@
 
     python scripts/upsample.py ckpt=runs/sr_mnist/.../checkpoints/last.ckpt base_samples=base.npz
     python scripts/upsample.py openai_ckpt=64_256_upsampler.pt model=adm_sr_64_256 base_samples=64.npz
-    python scripts/upsample.py ckpt=sr.ckpt num_samples=64 'base=[ckpt=base.ckpt,guidance.scale=0]'
+    python scripts/upsample.py ckpt=sr.ckpt num_samples=64 'base="ckpt=base.ckpt guidance.scale=0"'
 
 The networks load exactly as in scripts/sample.py (our checkpoints describe themselves; OpenAI's weights take
-their preset). With ``base=[...]`` the base samples are drawn first by scripts/sample.py into ``out_dir/base``
-with the same seed, count and devices; sample i's upsampling noise is ``upsample_seed(seed, i)``.
+their preset). With ``base=...`` (scripts/sample.py settings) the base samples are drawn first into
+``out_dir/base`` with the same seed, count and devices; upsampling noise of sample i: upsample_seed(seed, i).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from sample import Loaded, build_fabric, load_model, score
 
 from adm.io.checkpoint import CONFIG_KEY
+from adm.nn import SuperResUNet
 from adm.sampling.runner import (
     ShardLayout,
     ShardStore,
@@ -50,10 +51,10 @@ def load_upsampler(cfg: DictConfig) -> tuple[Loaded, int | None]:
             "instead, e.g. openai_ckpt=64_256_upsampler.pt model=adm_sr_64_256 (or model=adm_sr_128_512)"
         )
     loaded = load_model(cfg)
-    if not getattr(loaded.network, "_concat_low_res", False):
+    if not isinstance(loaded.network, SuperResUNet):
         raise ValueError(
             f"{cfg.ckpt or cfg.openai_ckpt} holds a {type(loaded.network).__name__}, not an upsampler; "
-            "sample base models with scripts/sample.py (or pass them as base=[ckpt=...])"
+            'sample base models with scripts/sample.py (or pass them as base="ckpt=...")'
         )
     low_res_size = cfg.low_res_size
     if low_res_size is None and cfg.ckpt is not None:  # ours record it; mmap: no second copy of the weights
@@ -64,17 +65,18 @@ def load_upsampler(cfg: DictConfig) -> tuple[Loaded, int | None]:
 
 
 def draw_base(cfg: dict[str, Any]) -> Path:
-    """Run scripts/sample.py with the `base` overrides into out_dir/base; returns its merged .npz."""
+    """Run scripts/sample.py with the `base` settings (one string or a list) into out_dir/base -> its .npz."""
     import sample as base_script
 
-    overrides = [str(o) for o in cfg["base"]]
+    base = cfg["base"]
+    overrides = base.split() if isinstance(base, str) else [str(o) for o in base]
     clash = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in _SHARED]
     if clash:
         raise ValueError(f"base={clash} is set by the upsampling run itself; set it at the top level instead")
     if cfg["num_samples"] is None:
-        raise ValueError("base=[...] draws the base samples: give num_samples=N")
+        raise ValueError("base=... draws the base samples: give num_samples=N")
     out = Path(cfg["out_dir"]) / "base"
-    trainer = [f"trainer.{k}={v}" for k, v in cfg["trainer"].items() if k != "precision"]
+    trainer = [f"trainer.{k}={v}" for k, v in cfg["trainer"].items()]
     first = [f"batch_size={cfg['batch_size']}", f"progress={cfg['progress']}", *trainer]
     last = [
         f"seed={cfg['seed']}",
@@ -91,7 +93,7 @@ def build_run(fabric: Fabric, cfg: dict[str, Any]) -> tuple[ShardStore, Upsample
     """Load the upsampler and the base images on this process, and describe the run's files."""
     dcfg = DictConfig(cfg)
     loaded, low_res_size = load_upsampler(dcfg)
-    base = BaseSamples(cfg["base_samples"])
+    base = BaseSamples.load(cfg["base_samples"])
     num_samples = len(base) if cfg["num_samples"] is None else int(cfg["num_samples"])
     if num_samples > len(base):
         raise ValueError(
@@ -187,7 +189,7 @@ def upsample(cfg: DictConfig) -> dict[str, Any]:
     if (plain["base_samples"] is None) == (plain["base"] is None):
         raise ValueError(
             "give exactly one of base_samples=FILE.npz (arr_0 uint8 NHWC images, arr_1 labels) or "
-            "base=[...] (scripts/sample.py settings that draw them first)"
+            'base="ckpt=... guidance.scale=..." (scripts/sample.py settings that draw them first)'
         )
     for key in ("ckpt", "openai_ckpt", "base_samples"):
         if plain[key] is not None and not Path(plain[key]).is_file():

@@ -22,7 +22,7 @@ def test_training_is_deterministic_and_shapes():
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
     feats = DomainFeatureExtractor(a).features(images[:5])
     assert feats["pool"].shape == (5, 16) and feats["logits"].shape == (5, 3)
-    with pytest.raises(ValueError, match=r"labels must be \(48,\)"):
+    with pytest.raises(ValueError, match=r"labels must be \(N,\) = \(48,\)"):
         train_domain_classifier(images, labels[:10], epochs=1, seed=0)
 
 

@@ -214,6 +214,31 @@ def test_openai_weights_with_a_preset(tiny, tmp_path, one_thread):
         run([f"openai_ckpt={tiny['openai']}", "model=adm_u_tiny", *FAST], tmp_path / "y")
 
 
+def test_openai_weights_with_pasted_flags(tmp_path, one_thread):
+    from adm.compat.guided_diffusion import create_classifier, create_model
+
+    model_flags = ("--image_size 64 --num_channels 32 --num_res_blocks 1 --attention_resolutions 32 "
+                   "--channel_mult 1,2 --class_cond True --learn_sigma True --num_head_channels 32 "
+                   "--resblock_updown True --noise_schedule cosine --diffusion_steps 1000")  # fmt: skip
+    classifier_flags = (
+        "--image_size 64 --classifier_width 32 --classifier_depth 1 --classifier_attention_resolutions 32"
+    )
+    torch.manual_seed(0)
+    unet = create_model(64, 32, 1, channel_mult="1,2", learn_sigma=True, class_cond=True,
+                        attention_resolutions="32", num_head_channels=32, resblock_updown=True,
+                        use_scale_shift_norm=True)  # fmt: skip
+    classifier = create_classifier(64, False, 32, 1, "32", True, True, "attention")
+    torch.save(unet.state_dict(), tmp_path / "model.pt")
+    torch.save(classifier.state_dict(), tmp_path / "classifier.pt")
+    args = [f"openai_ckpt={tmp_path / 'model.pt'}", f'flags="{model_flags}"',
+            f"classifier_ckpt={tmp_path / 'classifier.pt'}", f'classifier_flags="{classifier_flags}"',
+            "guidance.scale=1", *FAST, "num_samples=2", "batch_size=2"]  # fmt: skip
+    images, labels = load_npz(run(args, tmp_path / "out")["samples"])
+    assert images.shape == (2, 64, 64, 3) and labels.max() < 1000
+    with pytest.raises(ValueError, match="--timestep_respacing -> sampler.steps"):
+        run([*args[:1], f'flags="{model_flags} --timestep_respacing 250"', *FAST], tmp_path / "x")
+
+
 # --- errors ------------------------------------------------------------------------------------------------
 class _Boom:
     def __reduce__(self):

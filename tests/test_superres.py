@@ -15,14 +15,22 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from torch import nn
 
+from adm.data import MNIST5kDataModule, downsample_area
 from adm.diffusion import create_diffusion
 from adm.io.checkpoint import load_checkpoint
 from adm.lit.superres import SuperResModule
 from adm.nn import SuperResUNet, UNet
 from adm.presets import build_network, load_preset
-from adm.sampling import ddim_sample, ddpm_sample
+from adm.sampling import ClassifierGuidance, ddim_sample, ddpm_sample
 from adm.sampling.runner import LabelPlan, sample_seed
-from adm.sampling.two_stage import BaseSamples, UpsampleDrawer, from_uint8, upsample, upsample_seed
+from adm.sampling.two_stage import (
+    BaseSamples,
+    UpsampleDrawer,
+    from_uint8,
+    sample_two_stage,
+    upsample,
+    upsample_seed,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -174,7 +182,7 @@ def test_output_follows_its_own_low_res(tmp_path: Path):
     low = F.avg_pool2d(torch.rand(6, 1, 16, 16, generator=g), 2) * 2 - 1  # smooth random 8x8 images
     images = ((low + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     labels = np.array([3, 1, 4, 1, 5, 9])
-    base = BaseSamples(write_npz(tmp_path / "base.npz", images, labels))
+    base = BaseSamples.load(write_npz(tmp_path / "base.npz", images, labels))
     diffusion = create_diffusion(steps=1000, noise_schedule="linear", learn_sigma=True)
     oracle = OracleUpsampler(diffusion.alphas_cumprod, channels=1, image_size=16, num_classes=10)
     drawer = UpsampleDrawer(
@@ -206,7 +214,7 @@ def test_output_follows_its_own_low_res(tmp_path: Path):
             device="cpu",
             low_res_size=4,
         )(range(2))
-    unlabelled = BaseSamples(write_npz(tmp_path / "nolabels.npz", images, None))
+    unlabelled = BaseSamples(images, None)
     with pytest.raises(ValueError, match="no labels"):
         UpsampleDrawer(
             unet=oracle, diffusion=diffusion, sampler=ddpm_sample, base=unlabelled, seed=0, device="cpu"
@@ -221,7 +229,7 @@ def test_upsample_noise_is_per_sample():
     for p in unet.out.parameters():  # the zero-initialised head would make every output identical
         nn.init.normal_(p, std=0.05)
     diffusion = create_diffusion(steps=1000, noise_schedule="cosine", learn_sigma=True)
-    sampler = functools.partial(ddim_sample, steps=3, eta=1.0)
+    sampler = functools.partial(ddpm_sample, steps=3)
     low_res = torch.rand(4, 1, 8, 8) * 2 - 1
     y = torch.tensor([1, 2, 3, 4])
     seeds = [upsample_seed(7, i) for i in range(4)]
@@ -233,6 +241,44 @@ def test_upsample_noise_is_per_sample():
     assert len({*seeds, *(sample_seed(7, i) for i in range(4))}) == 8  # base and upsampling noise differ
     with pytest.raises(ValueError, match="class-conditional"):
         upsample(unet, diffusion, sampler, low_res, seeds=seeds)
+
+
+@pytest.mark.slow
+def test_trained_upsampler_follows_its_own_low_res(tmp_path: Path):
+    """Briefly trained: each output matches its own low_res far better than other digits of its class."""
+    cfg = compose_cfg(
+        "train_superres", [*TINY, "batch_size=16", "trainer.max_steps=200", f"paths.output_dir={tmp_path}"]
+    )
+    train(cfg)
+    trained = load_checkpoint(ckpt_path(tmp_path))
+    dm = MNIST5kDataModule(
+        image_size=16,
+        class_cond=True,
+        batch_size=8,
+        num_workers=0,
+        val_fraction=0.1,
+        split_seed=0,
+        random_flip=False,
+        random_crop=False,
+    )
+    images, labels = dm.reference_batch(500, "val")
+    pick = np.flatnonzero(labels == 3)[:8]  # one class: only the low-res image tells the samples apart
+    low = from_uint8(images[pick])
+    low = ((downsample_area(low, 8) + 1) * 127.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    drawer = UpsampleDrawer(
+        unet=trained.unet,
+        diffusion=trained.diffusion,
+        sampler=functools.partial(ddim_sample, steps=20),
+        base=BaseSamples(low, labels[pick]),
+        seed=0,
+        device="cpu",
+        low_res_size=8,
+    )
+    out, _ = drawer(range(len(pick)))
+    target = F.interpolate(from_uint8(low), size=(16, 16), mode="bilinear", align_corners=False)
+    c = correlations(from_uint8(out), target)
+    own, other = c.diagonal(), c[~torch.eye(len(pick), dtype=torch.bool)].view(len(pick), -1)
+    assert own.mean() > other.mean() + 0.25 and (own > other.max(dim=1).values).all(), c
 
 
 # --- base -> upsampler on CPU -------------------------------------------------------------------------------
@@ -259,13 +305,53 @@ def save_base_checkpoint(path: Path) -> Path:
     return path
 
 
+def tiny(name: str, **kwargs) -> nn.Module:
+    """A tiny preset network resized for 1-channel images, with a random (not zero) output layer."""
+    cfg = {k: v for k, v in load_preset(name).items() if k != "diffusion"}
+    net = build_network({**cfg, "in_channels": 1, **kwargs})
+    if hasattr(net, "out"):
+        for p in net.out.parameters():
+            nn.init.normal_(p, std=0.05)
+    return net.eval()
+
+
+def test_two_stage_in_one_call():
+    """Guided base (8 px) -> upsampler (16 px) in memory; the same images as upsampling its output again."""
+    torch.manual_seed(0)
+    base_unet, sr = tiny("adm_u_tiny", image_size=8), tiny("adm_sr_tiny", image_size=16)
+    classifier = tiny("adm_cls_tiny", image_size=8)
+    diffusion = create_diffusion(steps=1000, noise_schedule="cosine", learn_sigma=True)
+    sampler = functools.partial(ddpm_sample, steps=3)
+    run = functools.partial(
+        sample_two_stage,
+        base_unet,
+        diffusion,
+        sr,
+        diffusion,
+        labels=[1, 2, 3],
+        seed=5,
+        base_sampler=sampler,
+        upsampler_sampler=sampler,
+    )
+    base, up, labels = run(guidance=ClassifierGuidance(classifier, 5.0))
+    assert base.shape == (3, 8, 8, 1) and up.shape == (3, 16, 16, 1) and up.dtype == np.uint8
+    np.testing.assert_array_equal(labels, [1, 2, 3])
+    unguided, _, _ = run(guidance=None)
+    assert not np.array_equal(base, unguided)  # the guidance reached the base stage
+
+    again = UpsampleDrawer(
+        unet=sr, diffusion=diffusion, sampler=sampler, base=BaseSamples(base, labels), seed=5, device="cpu"
+    )
+    np.testing.assert_array_equal(again(range(3))[0], up)
+    np.testing.assert_array_equal(again(range(1, 3))[0], up[1:])
+
+
 def test_base_then_upsample_on_cpu(trained_sr: Path, tmp_path: Path):
     base_ckpt = save_base_checkpoint(tmp_path / "base.ckpt")
     common = [
         f"ckpt={ckpt_path(trained_sr)}",
-        "sampler=ddim",
+        "sampler=ddpm",
         "sampler.steps=3",
-        "sampler.eta=1.0",
         "seed=3",
         "shard_size=3",
         "progress=false",
@@ -281,7 +367,7 @@ def test_base_then_upsample_on_cpu(trained_sr: Path, tmp_path: Path):
                 "batch_size=2",
                 f"out_dir={two_stage}",
                 f"paths.output_dir={two_stage}",
-                f"base=[ckpt={base_ckpt},sampler=ddim,sampler.steps=3,sampler.eta=1.0,labels=random]",
+                f'base="ckpt={base_ckpt} sampler=ddpm sampler.steps=3 labels=random"',
             ],
         )
         result = upsample_script(cfg)

@@ -10,7 +10,7 @@ validation, EMA weights in the module after ``fit``) and adds what it lacks for 
 - the averages follow the module onto its device.
 
 Checkpoint layout: ``"state_dict"`` = EMA weights of ``rates[0]``, ``"current_model_state"`` = raw weights,
-``"adm_ema"`` = ``{"rates": [...], "warmup": bool, "state_dicts": {repr(rate): EMA weights of the other rates}}``.
+``"adm_ema"`` = ``{"rates": [...], "warmup": bool, "state_dicts": {repr(rate): weights}}`` (the other rates).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class EMA(WeightAveraging):
         self._extra: dict[float, AveragedModel] = {}
         self._scale_before_step: float | None = None
 
-    # --- the averages ----------------------------------------------------------------------------------------
+    # --- the averages ---------------------------------------------------------------------------------------
     def averaged_module(self, rate: float | None = None) -> pl.LightningModule:
         """The LightningModule copy holding the EMA weights of `rate` (default: the first rate)."""
         if self._average_model is None:
@@ -78,7 +78,9 @@ class EMA(WeightAveraging):
         super().setup(trainer, pl_module, stage)  # builds the average of rates[0]
         if stage == "fit":
             device = self._device or pl_module.device
-            self._extra = {r: AveragedModel(pl_module, device=device, use_buffers=False) for r in self.rates[1:]}
+            self._extra = {
+                r: AveragedModel(pl_module, device=device, use_buffers=False) for r in self.rates[1:]
+            }
             # The averages start as copies of the initial weights; marking them as already averaged once makes
             # the first update blend (decay * initial + (1 - decay) * weights) instead of copying.
             for _, average in self._averages():
@@ -97,7 +99,7 @@ class EMA(WeightAveraging):
             average.update_parameters(pl_module)
         self.num_updates += 1
 
-    # --- when to update --------------------------------------------------------------------------------------
+    # --- when to update -------------------------------------------------------------------------------------
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
@@ -126,7 +128,7 @@ class EMA(WeightAveraging):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Averages are updated per step only (the base class may also update per epoch)."""
 
-    # --- checkpoints ------------------------------------------------------------------------------------------
+    # --- checkpoints ----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
             **super().state_dict(),
@@ -166,7 +168,9 @@ class EMA(WeightAveraging):
         info = checkpoint.get(EMA_KEY)
         for rate, average in self._extra.items():
             if info is None or repr(rate) not in info.get("state_dicts", {}):
-                average.module.load_state_dict(pl_module.state_dict())  # no saved average: start from the weights
+                average.module.load_state_dict(
+                    pl_module.state_dict()
+                )  # no saved average: start from the weights
                 continue
             average.module.load_state_dict(info["state_dicts"][repr(rate)])
             average.n_averaged.copy_(info["n_averaged"][repr(rate)])

@@ -219,21 +219,23 @@ class FIDCallback(Callback):
         return scores
 
     # --- hooks --------------------------------------------------------------------------------------------
+    def _publish(self, trainer: pl.Trainer, scores: dict[str, float]) -> None:
+        """Scores to every logger (rank 0) at the current step and to callback_metrics (for monitoring)."""
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in scores.items()})
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(scores, step=trainer.global_step)
+
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
         if self.every_n_steps > 0 and step > self._last_step and step % self.every_n_steps == 0:
-            scores = self.evaluate(trainer, pl_module)
-            pl_module.log_dict(scores, on_step=True, on_epoch=False, sync_dist=False)
+            self._publish(trainer, self.evaluate(trainer, pl_module))
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.global_step == self._last_step:
-            return
-        scores = self.evaluate(trainer, pl_module)
-        # self.log is closed after training: hand the numbers to the loggers and callback_metrics directly.
-        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in scores.items()})
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.log_metrics(scores, step=trainer.global_step)
-                logger.save()
+        if trainer.global_step != self._last_step:
+            self._publish(trainer, self.evaluate(trainer, pl_module))
+            if trainer.is_global_zero:
+                for logger in trainer.loggers:
+                    logger.save()

@@ -22,11 +22,11 @@ __all__ = ["SampleGrid"]
 class SampleGrid(Callback):
     """Every `every_n_steps` optimizer steps (and at the end of training) draw `num_samples` images.
 
-    Sample i always starts from seed ``seed + i`` (``adm.sampling.PerSampleNoise``) and gets label ``labels[i]``,
-    so grids from different steps show the same samples as training goes on. The network is the EMA one of
-    the :class:`~adm.callbacks.ema.EMA` callback when present (its first rate), else the raw one; the process is
-    the module's ``diffusion``. The grid is written to ``dirpath/step_XXXXXXX.png`` and logged to every logger
-    that takes images (TensorBoard, W&B). Only global rank 0 samples.
+    Sample i always starts from seed ``seed + i`` (``adm.sampling.PerSampleNoise``) and gets label
+    ``labels[i]``, so grids from different steps show the same samples as training goes on. The network is the
+    EMA one of the :class:`~adm.callbacks.ema.EMA` callback when present (its first rate), else the raw one;
+    the process is the module's ``diffusion``. The grid is written to ``dirpath/step_XXXXXXX.png`` and
+    logged to every logger that takes images (TensorBoard, W&B). Only global rank 0 samples.
 
     Args:
         every_n_steps: sampling period in optimizer steps (0: only at the end of training).
@@ -52,7 +52,9 @@ class SampleGrid(Callback):
         dirpath: str | None,
     ):
         if every_n_steps < 0 or num_samples < 1:
-            raise ValueError(f"need every_n_steps >= 0 and num_samples >= 1, got {every_n_steps}, {num_samples}")
+            raise ValueError(
+                f"need every_n_steps >= 0 and num_samples >= 1, got {every_n_steps}, {num_samples}"
+            )
         self.every_n_steps = int(every_n_steps)
         self.num_samples = int(num_samples)
         self.seed = int(seed)

@@ -9,8 +9,8 @@
 from adm.demo.sweep import (
     METRICS,
     DomainRuler,
-    best_scale,
     balanced_labels,
+    best_scale,
     class_grid,
     draw_samples,
     format_table,

@@ -19,13 +19,21 @@ from adm.metrics.precision_recall import precision_recall
 from adm.sampling import PerSampleNoise
 from adm.sampling.guidance import Guidance
 
-__all__ = ["METRICS", "DomainRuler", "balanced_labels", "best_scale", "class_grid", "draw_samples", "format_table"]
+__all__ = [
+    "METRICS",
+    "DomainRuler",
+    "balanced_labels",
+    "best_scale",
+    "class_grid",
+    "draw_samples",
+    "format_table",
+]
 
 METRICS = ("accuracy", "fid", "precision", "recall")
 
 
 def balanced_labels(num_classes: int, per_class: int) -> torch.Tensor:
-    """int64 (num_classes * per_class,): 0, 1, ..., K-1, 0, 1, ... so every class appears `per_class` times."""
+    """int64 (num_classes * per_class,): 0, 1, ..., K-1, 0, 1, ... (each class `per_class` times)."""
     if num_classes < 1 or per_class < 1:
         raise ValueError(f"need num_classes >= 1 and per_class >= 1, got {num_classes} and {per_class}")
     return torch.arange(num_classes, dtype=torch.int64).repeat(per_class)
@@ -49,8 +57,8 @@ def draw_samples(
             ``unet.image_size`` / ``unet.in_channels``.
         diffusion: the process it was trained on (the sampler respaces it).
         labels: int64 (N,) class of each sample. seeds: N integers.
-        sampler: ``sampler(model_fn, diffusion, x_T, model_kwargs=..., guidance=..., noise=...)`` with its options
-            bound (e.g. ``functools.partial(ddim_sample, steps=25, eta=0.0)``).
+        sampler: ``sampler(model_fn, diffusion, x_T, model_kwargs=..., guidance=..., noise=...)`` with its
+            options bound (e.g. ``functools.partial(ddim_sample, steps=25, eta=0.0)``).
         guidance: e.g. ``ClassifierGuidance(classifier, scale)``, or None.
         batch_size: samples per sampler call.
     Returns:
@@ -67,7 +75,9 @@ def draw_samples(
         noise = PerSampleNoise(seeds[start : start + batch_size])
         y = labels[start : start + batch_size].to(device)
         x_T = noise.initial(shape, device=device)
-        x_0 = sampler(unet, diffusion, x_T, model_kwargs={"y": y}, guidance=guidance, noise=noise, progress=progress)
+        x_0 = sampler(
+            unet, diffusion, x_T, model_kwargs={"y": y}, guidance=guidance, noise=noise, progress=progress
+        )
         out.append(x_0.float().clamp(-1, 1).cpu())
     return torch.cat(out)
 
@@ -82,8 +92,11 @@ class DomainRuler:
         reference_labels: their classes (N,), to report the classifier's accuracy on real images.
     """
 
-    def __init__(self, classifier: DomainClassifier, reference: ImageBatch, reference_labels: np.ndarray | None):
-        self.extractor = DomainFeatureExtractor(classifier)
+    def __init__(
+        self, classifier: DomainClassifier, reference: ImageBatch, reference_labels: np.ndarray | None
+    ):
+        # eval() on the wrapper too: feature extraction restores the wrapper's mode, and with it the CNN's.
+        self.extractor = DomainFeatureExtractor(classifier).eval()
         features = self.extractor.features(reference)
         self.reference_pool = features["pool"]  # (N, D)
         self.reference_accuracy = (

@@ -39,9 +39,8 @@ class ModelVarType(str, enum.Enum):
     FIXED_SMALL = "fixed_small"  # beta_tilde_t (posterior variance)
     FIXED_LARGE = "fixed_large"  # beta_t (with beta_tilde_1 at t = 0)
     LEARNED = "learned"  # the network outputs log variance
-    LEARNED_RANGE = (
-        "learned_range"  # the network outputs v in [-1, 1]: log var = mix of log beta_t, log beta_tilde_t
-    )
+    # The network outputs v in [-1, 1]; log variance interpolates between log beta_tilde_t and log beta_t.
+    LEARNED_RANGE = "learned_range"
 
 
 class LossType(str, enum.Enum):
@@ -220,8 +219,7 @@ class GaussianDiffusion:
         if model_output.shape[1] != channels:
             raise ValueError(
                 f"this diffusion has a fixed variance, so the network must output {channels} channels; "
-                f"it gave "
-                f"{model_output.shape[1]}. Check learn_sigma in model and diffusion"
+                f"it gave {model_output.shape[1]}. Check learn_sigma of both"
             )
         return model_output, None
 
@@ -314,8 +312,8 @@ class GaussianDiffusion:
             clip_denoised: clamp the predicted x_0 to [-1, 1].
             denoised_fn: optional map applied to the predicted x_0 before clamping.
         Returns:
-            dict with "mean", "variance", "log_variance" (full shape), "pred_x0", "eps" (the noise implied by
-            the model; for x_0 / x_{t-1} parametrisations derived from the processed pred_x0).
+            dict with "mean", "variance", "log_variance" (full shape (B, C, H, W)) and "pred_x0" (the
+            predicted x_0 after ``denoised_fn`` and clipping).
         """
         self._check_t(t)
         mean_output, var_output = self.split_model_output(model_output, x_t)

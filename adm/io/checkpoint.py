@@ -1,13 +1,13 @@
 """Training checkpoints that describe themselves: atomic writes, safe loading, networks rebuilt from the file.
 
-A checkpoint written by ``scripts/train.py`` / ``scripts/train_classifier.py`` is a Lightning ``.ckpt`` holding
-only plain Python types and tensors (it loads with ``torch.load(weights_only=True)``) plus:
+A checkpoint written by ``scripts/train.py`` / ``scripts/train_classifier.py`` is a Lightning ``.ckpt``
+holding only plain Python types and tensors (it loads with ``torch.load(weights_only=True)``) plus:
 
 - ``"adm_config"``: the resolved plain-dict config of the networks and the process,
   ``{"model" | "classifier": {"_target_": "adm.nn.UNet", ...}, "diffusion": {...}, "data": {...}}``;
-- ``"state_dict"``: the module's weights; with the EMA callback these are the EMA weights of the first rate
-  (Lightning's weight-averaging layout), the raw weights are in ``"current_model_state"`` and the other rates in
-  ``"adm_ema"["state_dicts"]``.
+- ``"state_dict"``: the module's weights; with the EMA callback these are the EMA weights of the first
+  rate (Lightning's weight-averaging layout), the raw weights are in ``"current_model_state"`` and the other
+  rates in ``"adm_ema"["state_dicts"]``.
 
     >>> ckpt = load_checkpoint("runs/.../checkpoints/last.ckpt")      # EMA weights by default
     >>> ckpt.unet, ckpt.diffusion, ckpt.config["model"]["image_size"]
@@ -47,7 +47,7 @@ _NETWORK_TARGETS = ("adm.nn.UNet", "adm.nn.SuperResUNet", "adm.nn.EncoderUNet")
 _DIFFUSION_TARGET = "adm.diffusion.create_diffusion"
 
 
-# --- writing ---------------------------------------------------------------------------------------------------
+# --- writing ------------------------------------------------------------------------------------------------
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace`` onto `path`.
 
@@ -83,7 +83,7 @@ def _umask() -> int:
 
 
 def check_plain(obj: Any, where: str = "checkpoint") -> None:
-    """Raise ValueError unless `obj` holds only dict / list / tuple / str / int / float / bool / None / tensors."""
+    """Raise ValueError unless `obj` holds only dicts, lists, tuples, str, int, float, bool, None, tensors."""
     if obj is None or isinstance(obj, str | int | float | bool | torch.Tensor):
         return
     if isinstance(obj, dict):
@@ -109,7 +109,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ``last.ckpt`` included, is all-or-nothing, and resuming never unpickles arbitrary objects.
     """
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
         if storage_options is not None or "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         atomic_torch_save(checkpoint, path)
@@ -132,7 +134,9 @@ class LastCheckpoint(ModelCheckpoint):
     ``last.ckpt`` after the final optimizer step and at the end of every epoch.
     """
 
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if 0 < trainer.max_steps <= trainer.global_step:
             self._save_last_now(trainer)
@@ -146,7 +150,7 @@ class LastCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
-# --- reading ---------------------------------------------------------------------------------------------------
+# --- reading ------------------------------------------------------------------------------------------------
 @dataclass
 class TrainedCheckpoint:
     """What :func:`load_checkpoint` returns.
@@ -189,7 +193,9 @@ class TrainedCheckpoint:
 def _build(cfg: Mapping[str, Any], allowed: tuple[str, ...], what: str) -> Any:
     target = cfg.get("_target_")
     if target not in allowed:
-        raise ValueError(f"checkpoint {what} config names _target_={target!r}; expected one of {list(allowed)}")
+        raise ValueError(
+            f"checkpoint {what} config names _target_={target!r}; expected one of {list(allowed)}"
+        )
     kwargs = {k: v for k, v in cfg.items() if k != "_target_"}
     if what == "diffusion":
         from adm.diffusion import create_diffusion
@@ -200,7 +206,9 @@ def _build(cfg: Mapping[str, Any], allowed: tuple[str, ...], what: str) -> Any:
     return build_network(dict(cfg))
 
 
-def _select_weights(ckpt: dict[str, Any], ema: bool | float) -> tuple[dict[str, torch.Tensor], str, tuple[float, ...]]:
+def _select_weights(
+    ckpt: dict[str, Any], ema: bool | float
+) -> tuple[dict[str, torch.Tensor], str, tuple[float, ...]]:
     info = ckpt.get(EMA_KEY)
     rates = tuple(float(r) for r in info["rates"]) if info else ()
     if ema is False:
@@ -208,14 +216,18 @@ def _select_weights(ckpt: dict[str, Any], ema: bool | float) -> tuple[dict[str, 
     if not rates:
         if ema is True:  # trained without EMA: the weights in the file are the raw ones
             return ckpt["state_dict"], "raw", rates
-        raise ValueError(f"asked for EMA rate {ema}, but this checkpoint was trained without EMA; use ema=False")
+        raise ValueError(
+            f"asked for EMA rate {ema}, but this checkpoint was trained without EMA; use ema=False"
+        )
     rate = rates[0] if ema is True else float(ema)
     if rate == rates[0]:
         return ckpt["state_dict"], f"ema_{rate:g}", rates
     extra = info.get("state_dicts", {})
     if repr(rate) in extra:
         return extra[repr(rate)], f"ema_{rate:g}", rates
-    raise ValueError(f"no EMA weights with rate {rate} in this checkpoint; it holds rates {list(rates)} (or ema=False)")
+    raise ValueError(
+        f"no EMA weights with rate {rate} in this checkpoint; it holds rates {list(rates)} (or ema=False)"
+    )
 
 
 def load_checkpoint(
@@ -230,8 +242,9 @@ def load_checkpoint(
         map_location: device of the returned network.
 
     Raises:
-        FileNotFoundError: no such file. ValueError: not one of our checkpoints, corrupt / truncated file (read
-        with ``weights_only=True``: nothing is unpickled), unknown EMA rate, or weights that do not fit.
+        FileNotFoundError: no such file.
+        ValueError: not one of our checkpoints, a corrupt / truncated file (read with ``weights_only=True``:
+            nothing is unpickled), an unknown EMA rate, or weights that do not fit the network.
     """
     from adm.io.safe_load import safe_torch_load
     from adm.nn import load_state_dict_checked
@@ -240,8 +253,8 @@ def load_checkpoint(
     ckpt = safe_torch_load(path)
     if not isinstance(ckpt, dict) or CONFIG_KEY not in ckpt or "state_dict" not in ckpt:
         raise ValueError(
-            f"{path} is not an adm training checkpoint (no '{CONFIG_KEY}' / 'state_dict'); OpenAI's released .pt "
-            "files load with adm.compat.guided_diffusion.load_openai_checkpoint or adm.ADM.load_openai"
+            f"{path} is not an adm training checkpoint (no '{CONFIG_KEY}' / 'state_dict'); OpenAI's released "
+            ".pt files load with adm.compat.guided_diffusion.load_openai_checkpoint or adm.ADM.load_openai"
         )
     config = ckpt[CONFIG_KEY]
     section = "model" if "model" in config else "classifier" if "classifier" in config else None

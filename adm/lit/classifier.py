@@ -16,7 +16,7 @@ __all__ = ["ClassifierModule", "top_k_correct"]
 
 
 def top_k_correct(logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
-    """1.0 where the label is among the k largest logits, else 0.0: float (B,). logits (B, classes), y (B,)."""
+    """1.0 where the label is among the k largest logits, else 0.0: float (B,). logits (B, C), y (B,)."""
     k = min(k, logits.shape[-1])
     return (logits.topk(k, dim=-1).indices == y[:, None]).any(dim=-1).float()
 
@@ -29,9 +29,9 @@ class ClassifierModule(TrainModule):
         diffusion: the process whose noisy images the classifier must read (same as the diffusion model's).
         timestep_sampler, optimizer, lr_schedule, config: see :class:`~adm.lit.common.TrainModule`.
 
-    Logs: train/loss, train/acc@1, train/acc@5 and each by timestep quartile (train/loss_q0 ...); the same under
-    val/ on the held-out split, where t and eps come from a fixed per-batch seed so every validation sees the
-    same noisy images (and the training random streams are left untouched).
+    Logs: train/loss, train/acc@1, train/acc@5 and each by timestep quartile (train/loss_q0 ...); the same
+    under val/ on the held-out split, where t and eps come from a fixed per-batch seed so every validation
+    sees the same noisy images (and the training random streams are left untouched).
     """
 
     def __init__(
@@ -44,7 +44,9 @@ class ClassifierModule(TrainModule):
         lr_schedule: ScheduleFactory | None = None,
         config: dict[str, Any] | None = None,
     ):
-        super().__init__(timestep_sampler=timestep_sampler, optimizer=optimizer, lr_schedule=lr_schedule, config=config)
+        super().__init__(
+            timestep_sampler=timestep_sampler, optimizer=optimizer, lr_schedule=lr_schedule, config=config
+        )
         self.classifier = classifier
         self.diffusion = diffusion
 
@@ -70,11 +72,15 @@ class ClassifierModule(TrainModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, metrics, t_cpu = self._step(batch, generator=None)
-        self.log_by_quartile("train", metrics, t_cpu, prog_bar=("loss", "acc@1"), on_step=True, on_epoch=False)
+        self.log_by_quartile(
+            "train", metrics, t_cpu, prog_bar=("loss", "acc@1"), on_step=True, on_epoch=False
+        )
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         seed = 1_000_003 * (batch_idx + 1) + self.global_rank
         generator = torch.Generator().manual_seed(seed)
         _, metrics, t_cpu = self._step(batch, generator=generator)
-        self.log_by_quartile("val", metrics, t_cpu, prog_bar=("acc@1",), on_step=False, on_epoch=True, sync_dist=True)
+        self.log_by_quartile(
+            "val", metrics, t_cpu, prog_bar=("acc@1",), on_step=False, on_epoch=True, sync_dist=True
+        )

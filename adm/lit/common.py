@@ -1,4 +1,4 @@
-"""What both training modules share: optimizer / lr schedule wiring, the checkpoint's config, quartile logs."""
+"""What both training modules share: optimizer / lr schedule wiring, the checkpoint's config, logs."""
 
 from __future__ import annotations
 
@@ -25,10 +25,12 @@ class TrainModule(pl.LightningModule):
 
     Args:
         timestep_sampler: draws t (and importance weights) for each batch; its state goes into checkpoints.
-        optimizer: factory ``optimizer(params) -> Optimizer`` (e.g. ``functools.partial(torch.optim.AdamW, lr=...)``).
-        lr_schedule: factory ``lr_schedule(optimizer) -> LRScheduler`` stepped after every optimizer step, or None.
-        config: plain, resolved description of the run (``{"model": ..., "diffusion": ..., "data": ...}``) stored
-            in every checkpoint under "adm_config" so a checkpoint is enough to rebuild the networks.
+        optimizer: factory ``optimizer(params) -> Optimizer``
+            (e.g. ``functools.partial(torch.optim.AdamW, lr=...)``).
+        lr_schedule: factory ``lr_schedule(optimizer) -> LRScheduler`` stepped after every optimizer step,
+            or None.
+        config: plain, resolved description of the run (``{"model": ..., "diffusion": ..., "data": ...}``)
+            stored in every checkpoint under "adm_config" so a checkpoint is enough to rebuild the networks.
     """
 
     def __init__(
@@ -47,7 +49,7 @@ class TrainModule(pl.LightningModule):
         if self.adm_config is not None:
             check_plain(self.adm_config, "config")
 
-    # --- optimisation ----------------------------------------------------------------------------------------
+    # --- optimisation ---------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params)
@@ -55,7 +57,7 @@ class TrainModule(pl.LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": scheduler_config(self.lr_schedule_factory(optimizer))}
 
-    # --- checkpoints -----------------------------------------------------------------------------------------
+    # --- checkpoints ----------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.adm_config is not None:
             checkpoint[CONFIG_KEY] = copy.deepcopy(self.adm_config)
@@ -65,9 +67,9 @@ class TrainModule(pl.LightningModule):
         if "timestep_sampler" in checkpoint:
             self.timestep_sampler.load_state_dict(checkpoint["timestep_sampler"])
 
-    # --- logging ---------------------------------------------------------------------------------------------
+    # --- logging --------------------------------------------------------------------------------------------
     def quartile(self, t: torch.Tensor) -> torch.Tensor:
-        """Which quarter of the diffusion each t falls in: int64 (B,) in {0, 1, 2, 3} (OpenAI's ``_q0.._q3``)."""
+        """The quarter of the process each t falls in: int64 (B,) in {0, 1, 2, 3} (OpenAI's ``_q0.._q3``)."""
         return (4 * t // self.diffusion.num_timesteps).clamp(max=3)
 
     def log_by_quartile(
@@ -78,7 +80,7 @@ class TrainModule(pl.LightningModule):
         prog_bar: tuple[str, ...] = (),
         **kwargs: Any,
     ) -> None:
-        """Log ``{prefix}/{name}`` (batch mean) and ``{prefix}/{name}_q{k}`` (mean over the examples in quartile k).
+        """Log ``{prefix}/{name}`` (batch mean) and ``{prefix}/{name}_q{k}`` (mean over quartile k).
 
         Args:
             values: name -> per-example values (B,) on the module's device.
@@ -108,8 +110,8 @@ def per_device_batch_size(batch_size: int, devices: int, num_nodes: int, accumul
     if batch_size < 1 or parts < 1 or batch_size % parts:
         raise ValueError(
             f"batch_size={batch_size} (the global batch) is not divisible by devices x num_nodes x "
-            f"accumulate_grad_batches = {devices} x {num_nodes} x {accumulate_grad_batches} = {parts}; pick a "
-            f"batch_size that is a multiple of {parts}, or change trainer.devices / trainer.num_nodes / "
-            "trainer.accumulate_grad_batches"
+            f"accumulate_grad_batches = {devices} x {num_nodes} x {accumulate_grad_batches} = {parts}; "
+            f"pick a batch_size that is a multiple of {parts}, or change trainer.devices / "
+            "trainer.num_nodes / trainer.accumulate_grad_batches"
         )
     return batch_size // parts

@@ -1,4 +1,4 @@
-"""LightningModule that trains an ADM UNet; the maths lives in ``adm.diffusion``, the network in ``adm.nn``."""
+"""LightningModule that trains an ADM UNet; the maths is in ``adm.diffusion``, the network in ``adm.nn``."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ __all__ = ["DiffusionModule"]
 
 
 class DiffusionModule(TrainModule):
-    """Denoising training of `unet` on the diffusion process `diffusion` (Ho et al. / Nichol & Dhariwal objective).
+    """Denoising training of `unet` on the process `diffusion` (Ho et al. / Nichol & Dhariwal objective).
 
     One step: t ~ timestep_sampler, eps ~ N(0, I), x_t = q_sample(x_0, t, eps),
     model_output = unet(x_t, model_timesteps(t), y), loss = mean(weights * training_losses(...)["loss"]).
@@ -38,7 +38,9 @@ class DiffusionModule(TrainModule):
         lr_schedule: ScheduleFactory | None = None,
         config: dict[str, Any] | None = None,
     ):
-        super().__init__(timestep_sampler=timestep_sampler, optimizer=optimizer, lr_schedule=lr_schedule, config=config)
+        super().__init__(
+            timestep_sampler=timestep_sampler, optimizer=optimizer, lr_schedule=lr_schedule, config=config
+        )
         self.unet = unet
         self.diffusion = diffusion
 
@@ -62,6 +64,10 @@ class DiffusionModule(TrainModule):
             self.timestep_sampler.update_with_losses(all_t, all_losses)
 
         loss = (terms["loss"] * weights).mean()
-        logged = {"loss": terms["loss"] * weights, "loss_mse": terms["mse"] * weights, "loss_vb": terms["vb"] * weights}
+        logged = {
+            "loss": terms["loss"] * weights,
+            "loss_mse": terms["mse"] * weights,
+            "loss_vb": terms["vb"] * weights,
+        }
         self.log_by_quartile("train", logged, t_cpu, prog_bar=("loss",), on_step=True, on_epoch=False)
         return loss

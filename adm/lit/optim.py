@@ -1,7 +1,7 @@
 """Optimizer and learning-rate schedule helpers shared by the LightningModules.
 
-Both are passed to the modules as factories (Hydra ``_partial_: true``): ``optimizer(params) -> Optimizer`` and
-``lr_schedule(optimizer) -> LRScheduler``; the module calls them in ``configure_optimizers``.
+Both are passed to the modules as factories (Hydra ``_partial_: true``): ``optimizer(params) -> Optimizer``
+and ``lr_schedule(optimizer) -> LRScheduler``; the module calls them in ``configure_optimizers``.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ __all__ = ["WarmupLinearAnneal", "warmup_linear_anneal"]
 
 
 class WarmupLinearAnneal:
-    """lr multiplier at optimizer step `step` (0-based): linear warm-up, then constant or a linear anneal to 0.
+    """lr factor at optimizer step `step` (0-based): linear warm-up, then constant or a linear anneal to 0.
 
     factor(step) = min(1, (step + 1) / warmup_steps) * (1 - step / anneal_steps, clipped at 0)
 
-    ``warmup_steps=0, anneal_steps=None`` is a constant lr; ``anneal_steps=N`` is OpenAI's ``--lr_anneal_steps N``
-    (and the classifier's ``--anneal_lr True --iterations N``): lr * (1 - step / N).
+    ``warmup_steps=0, anneal_steps=None`` is a constant lr; ``anneal_steps=N`` is OpenAI's
+    ``--lr_anneal_steps N`` (and the classifier's ``--anneal_lr True --iterations N``): lr * (1 - step / N).
     A plain object (not a lambda) so LambdaLR's state dict holds only its numbers.
     """
 
@@ -28,7 +28,9 @@ class WarmupLinearAnneal:
         if warmup_steps < 0:
             raise ValueError(f"lr_schedule.warmup_steps must be >= 0, got {warmup_steps}")
         if anneal_steps is not None and anneal_steps <= 0:
-            raise ValueError(f"lr_schedule.anneal_steps must be a positive step count or null, got {anneal_steps}")
+            raise ValueError(
+                f"lr_schedule.anneal_steps must be a positive step count or null, got {anneal_steps}"
+            )
         self.warmup_steps = int(warmup_steps)
         self.anneal_steps = None if anneal_steps is None else int(anneal_steps)
 

@@ -5,8 +5,8 @@ What it leaves out, and :class:`ExactResume` adds:
 
 - the data order: the train loader's shuffle becomes a ``DistributedSampler`` seeded by ``(seed, epoch)``
   (one replica per rank, so it also shards the data), its worker seeds come from a generator seeded by
-  ``(seed, epoch, rank)``, and the loader records how many batches of the epoch it handed out, so a resumed run
-  continues with the very next batch (Lightning stores the loader's ``state_dict`` in the checkpoint);
+  ``(seed, epoch, rank)``, and the loader records how many batches of the epoch it handed out, so a resumed
+  run continues with the very next batch (Lightning stores the loader's ``state_dict`` in the checkpoint);
 - the random streams (torch CPU / CUDA, NumPy, Python) of every rank at the moment of the checkpoint, restored
   when training restarts; a fresh multi-process run gives each rank its own streams (seed + rank);
 - validation leaves the training streams untouched (they are restored after each validation run).
@@ -34,7 +34,7 @@ __all__ = ["ExactResume", "ResumableLoader", "capture_rng_state", "restore_rng_s
 RNG_KEY = "rng_states"
 
 
-# --- random streams ------------------------------------------------------------------------------------------
+# --- random streams -----------------------------------------------------------------------------------------
 def capture_rng_state(cuda: bool = True) -> dict[str, torch.Tensor]:
     """This process's random streams as tensors (so they can be all-gathered and saved with weights_only)."""
     np_state = np.random.get_state()
@@ -44,7 +44,9 @@ def capture_rng_state(cuda: bool = True) -> dict[str, torch.Tensor]:
         "numpy": torch.from_numpy(np.concatenate([np_state[1].astype(np.int64), [np_state[2], np_state[3]]])),
         "numpy_gauss": torch.tensor([np_state[4]], dtype=torch.float64),
         "python": torch.tensor([py_version, *py_internal], dtype=torch.int64),
-        "python_gauss": torch.tensor([0.0 if py_gauss is None else 1.0, py_gauss or 0.0], dtype=torch.float64),
+        "python_gauss": torch.tensor(
+            [0.0 if py_gauss is None else 1.0, py_gauss or 0.0], dtype=torch.float64
+        ),
     }
     if cuda and torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state()
@@ -56,7 +58,13 @@ def restore_rng_state(state: dict[str, torch.Tensor]) -> None:
     torch.set_rng_state(state["torch"].cpu().to(torch.uint8))
     np_ints = state["numpy"].cpu().tolist()
     np.random.set_state(
-        ("MT19937", np.asarray(np_ints[:624], dtype=np.uint32), np_ints[624], np_ints[625], float(state["numpy_gauss"][0]))
+        (
+            "MT19937",
+            np.asarray(np_ints[:624], dtype=np.uint32),
+            np_ints[624],
+            np_ints[625],
+            float(state["numpy_gauss"][0]),
+        )
     )
     py = state["python"].cpu().tolist()
     has_gauss, gauss = state["python_gauss"].cpu().tolist()
@@ -71,9 +79,9 @@ def _seed_process(seed: int) -> None:
     random.seed(seed)
 
 
-# --- the loader ----------------------------------------------------------------------------------------------
+# --- the loader ---------------------------------------------------------------------------------------------
 class _SkipFirstBatches:
-    """Batch-index sampler that drops the first ``loader._skip`` batches of one pass (indices only, no data)."""
+    """Batch-index sampler dropping the first ``loader._skip`` batches of one pass (indices only, no data)."""
 
     def __init__(self, base: Any, loader: ResumableLoader):
         self.base = base
@@ -145,7 +153,7 @@ class ResumableLoader(DataLoader):
 
 
 def make_resumable(loader: DataLoader, seed: int, rank: int, world_size: int) -> DataLoader:
-    """A :class:`ResumableLoader` with the settings of `loader` and a per-rank, ``(seed, epoch)``-seeded sampler.
+    """A :class:`ResumableLoader` with the settings of `loader`, a per-rank ``(seed, epoch)``-seeded sampler.
 
     Loaders with a custom sampler or batch sampler, or an iterable dataset, are returned unchanged.
     """
@@ -153,14 +161,22 @@ def make_resumable(loader: DataLoader, seed: int, rank: int, world_size: int) ->
         return loader
     sampler = loader.sampler
     plain_batches = type(loader.batch_sampler) is BatchSampler or loader.batch_sampler is None
-    if not plain_batches or type(sampler) not in (RandomSampler, SequentialSampler) or loader.batch_size is None:
+    if (
+        not plain_batches
+        or type(sampler) not in (RandomSampler, SequentialSampler)
+        or loader.batch_size is None
+    ):
         rank_zero_warn(
             f"the train loader uses {type(sampler).__name__} / {type(loader.batch_sampler).__name__}; "
             "resuming from a mid-epoch checkpoint will not continue its exact batch order"
         )
         return loader
     new_sampler = DistributedSampler(
-        loader.dataset, num_replicas=world_size, rank=rank, shuffle=isinstance(sampler, RandomSampler), seed=seed
+        loader.dataset,
+        num_replicas=world_size,
+        rank=rank,
+        shuffle=isinstance(sampler, RandomSampler),
+        seed=seed,
     )
     extra: dict[str, Any] = {}
     if loader.num_workers > 0:
@@ -183,7 +199,7 @@ def make_resumable(loader: DataLoader, seed: int, rank: int, world_size: int) ->
     )
 
 
-# --- the callback --------------------------------------------------------------------------------------------
+# --- the callback -------------------------------------------------------------------------------------------
 class ExactResume(Callback):
     """Everything beyond Lightning's own state that a bit-exact resume needs (see the module docstring).
 
@@ -213,7 +229,9 @@ class ExactResume(Callback):
         def train_dataloader() -> Any:
             return make_resumable(original(), seed=seed, rank=rank, world_size=world)
 
-        datamodule.train_dataloader = train_dataloader  # instance attribute: only this datamodule, only this fit
+        datamodule.train_dataloader = (
+            train_dataloader  # instance attribute: only this datamodule, only this fit
+        )
         self._patched = (datamodule, original)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -242,7 +260,8 @@ class ExactResume(Callback):
         ranks = int(saved["torch"].shape[0])
         if ranks != trainer.world_size:
             rank_zero_warn(
-                f"the checkpoint holds random states of {ranks} processes, this run has {trainer.world_size}: "
+                f"the checkpoint holds random states of {ranks} processes, this run has "
+                f"{trainer.world_size}: "
                 "the random streams restart from seed + rank (the run is no longer bit-exact)"
             )
             return
@@ -259,7 +278,9 @@ class ExactResume(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self._before_validation = capture_rng_state(cuda=False) if trainer.val_dataloaders is not None else None
+        self._before_validation = (
+            capture_rng_state(cuda=False) if trainer.val_dataloaders is not None else None
+        )
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking and self._before_validation is not None:

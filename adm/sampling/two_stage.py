@@ -5,11 +5,11 @@ from ``runner.sample_seed(seed, i)`` (as ``scripts/sample.py`` does), the upsamp
 :func:`upsample_seed` ``(seed, i)``. The upsampler always sees the base image as it is stored in a sample file
 (uint8, ``arr_0``), so upsampling a saved ``.npz`` gives exactly the images of the one-call two-stage run.
 
-    >>> base = ImageDrawer(unet=base_unet, diffusion=base_diffusion, sampler=ddpm, guidance=guidance,
-    ...                    labels=LabelPlan("random", 1000, seed=0), seed=0, device="cuda")
-    >>> draw = UpsampleDrawer(unet=sr_unet, diffusion=sr_diffusion, sampler=ddpm, base=base, seed=0,
-    ...                       device="cuda")
-    >>> base_images, images, labels = draw.both(range(16))          # uint8 (16, 64, 64, 3), (16, 256, 256, 3)
+    >>> base_images, images, labels = sample_two_stage(
+    ...     base_unet, base_diffusion, sr_unet, sr_diffusion, labels=[207] * 16, seed=0,
+    ...     base_sampler=partial(ddpm_sample, steps=250), upsampler_sampler=partial(ddpm_sample, steps=250),
+    ...     guidance=ClassifierGuidance(classifier, 1.0), device="cuda",
+    ... )                                                   # uint8 (16, 64, 64, 3), (16, 256, 256, 3), (16,)
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from adm.sampling.guidance import Guidance
 from adm.sampling.noise import PerSampleNoise
-from adm.sampling.runner import to_uint8
+from adm.sampling.runner import ImageDrawer, LabelPlan, to_uint8
 
-__all__ = ["BaseSamples", "UpsampleDrawer", "from_uint8", "upsample", "upsample_seed"]
+__all__ = ["BaseSamples", "UpsampleDrawer", "from_uint8", "sample_two_stage", "upsample", "upsample_seed"]
 
 
 def upsample_seed(seed: int, index: int) -> int:
@@ -109,35 +110,44 @@ class BaseDraw(Protocol):
 
 
 class BaseSamples:
-    """Base images from a sample file (OpenAI's format: ``arr_0`` uint8 (N, h, w, C), ``arr_1`` labels (N,)).
+    """Base images in OpenAI's sample layout: ``images`` uint8 (N, h, w, C), ``labels`` int64 (N,) or None.
 
     ``base(indices)`` returns those images and labels; ``base.labels(indices)`` the labels alone (None when
-    the file has none), which is what :func:`~adm.sampling.runner.generate_shards` checks finished shards by.
+    there are none), which is what :func:`~adm.sampling.runner.generate_shards` checks finished shards by.
+    :meth:`load` reads them from an ``.npz`` sample file (``arr_0``, ``arr_1``).
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(
-                f"base samples not found: {self.path} (an .npz with arr_0 images, arr_1 labels)"
-            )
-        try:
-            with np.load(self.path, allow_pickle=False) as data:
-                if "arr_0" not in data:
-                    raise ValueError(f"{self.path} has no 'arr_0' (images); found {sorted(data.files)}")
-                self.images = np.asarray(data["arr_0"])
-                self.label_array = np.asarray(data["arr_1"]).astype(np.int64) if "arr_1" in data else None
-        except (OSError, EOFError) as err:
-            raise ValueError(f"{self.path} is not a readable .npz sample file: {err}") from None
+    def __init__(self, images: np.ndarray, labels: np.ndarray | None, *, source: str = "arrays") -> None:
+        self.source = source
+        self.images = np.asarray(images)
+        self.label_array = None if labels is None else np.asarray(labels).astype(np.int64)
         if self.images.dtype != np.uint8 or self.images.ndim != 4 or self.images.shape[-1] not in (1, 3):
             raise ValueError(
-                f"{self.path}: arr_0 must be uint8 (N, h, w, 1 or 3) as OpenAI's sample files, got "
+                f"{source}: base images must be uint8 (N, h, w, 1 or 3) as in OpenAI's sample files, got "
                 f"{self.images.dtype} {self.images.shape}"
             )
         if self.label_array is not None and self.label_array.shape != (len(self.images),):
             raise ValueError(
-                f"{self.path}: arr_1 must hold one label per image, got shape {self.label_array.shape}"
+                f"{source}: need one label per image, got labels of shape {self.label_array.shape}"
             )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> BaseSamples:
+        """Read ``arr_0`` (images) and, if present, ``arr_1`` (labels) of an ``.npz`` sample file."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"base samples not found: {path} (an .npz with arr_0 images, arr_1 labels)"
+            )
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if "arr_0" not in data:
+                    raise ValueError(f"{path} has no 'arr_0' (images); found {sorted(data.files)}")
+                images = np.asarray(data["arr_0"])
+                labels = np.asarray(data["arr_1"]) if "arr_1" in data else None
+        except (OSError, EOFError) as err:
+            raise ValueError(f"{path} is not a readable .npz sample file: {err}") from None
+        return cls(images, labels, source=str(path))
 
     def __len__(self) -> int:
         return len(self.images)
@@ -149,7 +159,7 @@ class BaseSamples:
 
     def _check(self, indices: range) -> None:
         if indices.stop > len(self.images):
-            raise ValueError(f"asked for base sample {indices.stop - 1}, but {self.path} holds {len(self)}")
+            raise ValueError(f"asked for base sample {indices.stop - 1}, but {self.source} holds {len(self)}")
 
     def labels(self, indices: range) -> np.ndarray | None:
         self._check(indices)
@@ -170,7 +180,8 @@ class UpsampleDrawer:
         unet: the upsampler (``SuperResUNet`` / ``SuperResModel``).
         diffusion: its (un-respaced) process.
         sampler: the upsampling sampler, options bound.
-        base: :class:`BaseSamples` or ``runner.ImageDrawer`` (the base model, with its guidance).
+        base: :class:`BaseSamples` (e.g. ``BaseSamples.load(path)``) or ``runner.ImageDrawer`` (the base
+            model, with its guidance).
         seed: the run's seed; image i's upsampling noise comes from ``upsample_seed(seed, i)``.
         device: where to sample.
         low_res_size: the low-res side the upsampler was trained for (checked against the base images),
@@ -235,3 +246,69 @@ class UpsampleDrawer:
         """Upsampled images uint8 (n, H, W, C) and labels (n,) | None of samples `indices`."""
         _, images, labels = self.both(indices)
         return images, labels
+
+
+def sample_two_stage(
+    base_unet: nn.Module,
+    base_diffusion: Any,
+    upsampler: nn.Module,
+    upsampler_diffusion: Any,
+    *,
+    labels: Sequence[int] | str,
+    num_samples: int | None = None,
+    seed: int,
+    base_sampler: Callable[..., torch.Tensor],
+    upsampler_sampler: Callable[..., torch.Tensor],
+    guidance: Guidance | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ADM-G + ADM-U in one call: the base model (with guidance) draws samples 0..n-1, the upsampler enlarges.
+
+    Sample i uses the base noise ``runner.sample_seed(seed, i)`` and the upsampling noise
+    ``upsample_seed(seed, i)``, as ``scripts/upsample.py base=...`` does, so both give the same images.
+
+    Args:
+        base_unet, base_diffusion: the base model and its (un-respaced) process.
+        upsampler, upsampler_diffusion: the upsampler (``SuperResUNet``) and its process.
+        labels: one class per sample, or "random" (then give num_samples).
+        num_samples: how many samples (default: len(labels)).
+        seed: the run's seed.
+        base_sampler, upsampler_sampler: samplers with their options bound (``functools.partial``).
+        guidance: e.g. ``ClassifierGuidance(classifier, scale)`` for the base stage, or None.
+        device: where both stages run.
+    Returns:
+        base images uint8 (n, h, w, C), upsampled images uint8 (n, H, W, C), labels int64 (n,).
+    """
+    if isinstance(labels, str):
+        if num_samples is None:
+            raise ValueError(f"labels={labels!r} needs num_samples")
+        spec: str | list[int] = labels
+    else:
+        spec = [int(v) for v in labels]
+        num_samples = len(spec) if num_samples is None else num_samples
+        if num_samples != len(spec):
+            raise ValueError(
+                f"got {len(spec)} labels for num_samples={num_samples}; give one label per sample"
+            )
+    classes = base_unet.num_classes if base_unet.num_classes is not None else upsampler.num_classes
+    if classes is None:
+        raise ValueError("neither network is class-conditional: the upsampling stack here needs labels")
+    base = ImageDrawer(
+        unet=base_unet,
+        diffusion=base_diffusion,
+        sampler=base_sampler,
+        guidance=guidance,
+        labels=LabelPlan(spec, classes, seed),
+        seed=seed,
+        device=device,
+    )
+    drawer = UpsampleDrawer(
+        unet=upsampler,
+        diffusion=upsampler_diffusion,
+        sampler=upsampler_sampler,
+        base=base,
+        seed=seed,
+        device=device,
+    )
+    base_images, images, out_labels = drawer.both(range(int(num_samples)))
+    return base_images, images, np.asarray(out_labels, dtype=np.int64)

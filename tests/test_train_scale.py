@@ -1,0 +1,109 @@
+"""Scale and precision: DDP over 2 CPU processes with a fixed global batch, bf16-mixed, fp16 skipped steps."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.plugins import MixedPrecision
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from adm.callbacks import EMA
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+from test_train import FAST, compose_cfg, read_ckpt  # noqa: E402
+from train import train  # noqa: E402
+
+
+def test_ddp_two_cpu_processes_keep_the_global_batch(tmp_path: Path):
+    # `strategy=ddp` re-executes the command line for rank 1, so run the real script as a subprocess.
+    cmd = [
+        sys.executable,
+        "scripts/train.py",
+        "experiment=smoke",
+        *FAST,
+        "batch_size=8",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.precision=32-true",
+        "trainer.max_steps=2",
+        "callbacks.sample_grid.sampler.steps=2",
+        f"hydra.run.dir={tmp_path}",
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    # the global batch of 8 is split into 4 per device over 2 processes
+    assert "Global batch 8 = 2 device(s) x 1 node(s) x 1 accumulation x 4 per device" in output
+    ckpt = read_ckpt(tmp_path / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 2
+    assert ckpt["adm_config"]["data"]["batch_size"] == 4
+    # both ranks' random streams are saved, and they differ (per-rank seeds)
+    rng = ckpt["rng_states"]["torch"]
+    assert rng.shape[0] == 2 and not torch.equal(rng[0], rng[1])
+    assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 0, "consumed": 2}]
+
+
+def test_bf16_mixed_on_cpu(tmp_path: Path):
+    cfg = compose_cfg(
+        "train",
+        [
+            "experiment=smoke",
+            *FAST,
+            "trainer.precision=bf16-mixed",
+            "trainer.max_steps=2",
+            "callbacks.sample_grid.sampler.steps=2",
+        ],
+        tmp_path,
+    )
+    trainer = train(cfg)
+    assert trainer.global_step == 2
+    assert math.isfinite(float(trainer.callback_metrics["train/loss"]))
+    ckpt = read_ckpt(tmp_path / "checkpoints" / "last.ckpt")
+    assert all(v.dtype == torch.float32 for v in ckpt["state_dict"].values() if v.is_floating_point())
+    assert ckpt["callbacks"]["EMA"]["num_updates"] == 2
+
+
+class _Linear(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    def training_step(self, batch, batch_idx):
+        return self.lin(batch[0]).float().pow(2).mean() * 100
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=1e-3)
+
+
+def test_fp16_overflow_steps_do_not_update_ema():
+    """16-mixed with a real GradScaler (fp16 autocast on the CPU): a huge initial scale overflows the fp16
+    gradients, the scaler skips those steps and halves its scale each time; the EMA must skip them too."""
+    pl.seed_everything(0)
+    ema = EMA(rates=[0.9], warmup=False)
+    init_scale = 2.0**30
+    scaler = torch.amp.GradScaler("cpu", init_scale=init_scale, growth_interval=10**6)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)],
+        max_steps=24,
+        callbacks=[ema],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(_Linear(), DataLoader(TensorDataset(torch.randn(96, 8)), batch_size=4))
+    skipped = round(math.log2(init_scale / scaler.get_scale()))
+    assert skipped > 0, "the test needs overflowing steps"
+    assert ema.skipped_steps == skipped
+    assert ema.num_updates == trainer.global_step - skipped
