@@ -41,6 +41,8 @@ __all__ = ["FIDCallback"]
 
 log = logging.getLogger(__name__)
 
+_NEED_REFERENCE = ("fid", "sfid", "precision", "recall")  # the others (IS, accuracy) read the samples only
+
 
 class FIDCallback(Callback):
     """Score `num_samples` EMA samples against a reference set every `every_n_steps` steps.
@@ -114,7 +116,7 @@ class FIDCallback(Callback):
         """Features of the reference set (computed on the first call, then kept)."""
         if self._reference_features is None:
             start = time.perf_counter()
-            metrics = [m for m in self.metrics if m != "accuracy"]
+            metrics = [m for m in self.metrics if m in _NEED_REFERENCE]
             if self.reference is not None:
                 if not Path(self.reference).is_file():
                     raise FileNotFoundError(f"FID reference batch not found: {self.reference}")
@@ -207,7 +209,7 @@ class FIDCallback(Callback):
             samples = FeatureSet(
                 extractor=self.extractor.name, features=gathered, labels=all_labels, count=self.num_samples
             )
-            needs_reference = any(m != "accuracy" for m in metrics)
+            needs_reference = any(m in _NEED_REFERENCE for m in metrics)
             reference = self.reference_features(trainer) if needs_reference else None
             scores = {
                 f"sample/{k}": float(v) for k, v in compute_metrics(samples, reference, metrics).items()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -27,7 +28,8 @@ def linear_betas(steps: int) -> torch.Tensor:
     Returns float64 (steps,) from 1e-4 * 1000/steps to 0.02 * 1000/steps.
     """
     scale = 1000.0 / steps
-    return torch.linspace(scale * 1e-4, scale * 0.02, steps, dtype=torch.float64, device="cpu")
+    # numpy's linspace (not torch's) reproduces the reference values to the last bit.
+    return torch.from_numpy(np.linspace(scale * 1e-4, scale * 0.02, steps, dtype=np.float64))
 
 
 def _cosine_alpha_bar(u: float) -> float:

@@ -21,7 +21,6 @@ class WarmupLinearAnneal:
 
     ``warmup_steps=0, anneal_steps=None`` is a constant lr; ``anneal_steps=N`` is OpenAI's
     ``--lr_anneal_steps N`` (and the classifier's ``--anneal_lr True --iterations N``): lr * (1 - step / N).
-    A plain object (not a lambda) so LambdaLR's state dict holds only its numbers.
     """
 
     def __init__(self, warmup_steps: int, anneal_steps: int | None):
@@ -47,8 +46,13 @@ class WarmupLinearAnneal:
 
 
 def warmup_linear_anneal(optimizer: Optimizer, *, warmup_steps: int, anneal_steps: int | None) -> LambdaLR:
-    """A per-step LambdaLR with :class:`WarmupLinearAnneal` (used by ``conf/lr_schedule/*.yaml``)."""
-    return LambdaLR(optimizer, WarmupLinearAnneal(warmup_steps, anneal_steps))
+    """A per-step LambdaLR with :class:`WarmupLinearAnneal` (used by ``conf/lr_schedule/*.yaml``).
+
+    The factor is wrapped in a plain function, which LambdaLR leaves out of its state dict: on resume the step
+    count comes from the checkpoint and the schedule's shape from the config (e.g. a longer anneal).
+    """
+    schedule = WarmupLinearAnneal(warmup_steps, anneal_steps)
+    return LambdaLR(optimizer, lambda step: schedule(step))
 
 
 def scheduler_config(scheduler: Any) -> dict[str, Any]:

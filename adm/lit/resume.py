@@ -9,7 +9,8 @@ What it leaves out, and :class:`ExactResume` adds:
   run continues with the very next batch (Lightning stores the loader's ``state_dict`` in the checkpoint);
 - the random streams (torch CPU / CUDA, NumPy, Python) of every rank at the moment of the checkpoint, restored
   when training restarts; a fresh multi-process run gives each rank its own streams (seed + rank);
-- validation leaves the training streams untouched (they are restored after each validation run).
+- validation leaves the training streams untouched: the val loaders get their own generator, and the
+  streams are restored after each validation run.
 
 With ``num_workers=0`` (in-process augmentation) a resumed CPU run is bit-identical to an uninterrupted one.
 With worker processes the batches are the same; random augmentations inside workers restart their streams.
@@ -212,7 +213,7 @@ class ExactResume(Callback):
         self.seed = seed
         self._restore: dict[str, torch.Tensor] | None = None
         self._before_validation: dict[str, torch.Tensor] | None = None
-        self._patched: tuple[Any, Any] | None = None
+        self._patched: pl.LightningDataModule | None = None
 
     def _base_seed(self) -> int:
         if self.seed is not None:
@@ -223,21 +224,29 @@ class ExactResume(Callback):
         datamodule = trainer.datamodule
         if stage != "fit" or datamodule is None or self._patched is not None:
             return
-        original = datamodule.train_dataloader
+        original_train, original_val = datamodule.train_dataloader, datamodule.val_dataloader
         seed, rank, world = self._base_seed(), trainer.global_rank, trainer.world_size
 
         def train_dataloader() -> Any:
-            return make_resumable(original(), seed=seed, rank=rank, world_size=world)
+            return make_resumable(original_train(), seed=seed, rank=rank, world_size=world)
 
-        datamodule.train_dataloader = (
-            train_dataloader  # instance attribute: only this datamodule, only this fit
-        )
-        self._patched = (datamodule, original)
+        def val_dataloader() -> Any:
+            # Every DataLoader iterator draws a worker base seed; drawn from the loader's own generator, it leaves
+            # the training streams alone (Lightning also builds a val iterator when it fast-forwards a resume).
+            loaders = original_val()
+            for loader in loaders if isinstance(loaders, list | tuple) else [loaders]:
+                if isinstance(loader, DataLoader) and loader.generator is None:
+                    loader.generator = torch.Generator().manual_seed(seed + rank)
+            return loaders
+
+        # instance attributes: only this datamodule, only this fit
+        datamodule.train_dataloader, datamodule.val_dataloader = train_dataloader, val_dataloader
+        self._patched = datamodule
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self._patched is not None:
-            datamodule, _ = self._patched
-            vars(datamodule).pop("train_dataloader", None)
+            vars(self._patched).pop("train_dataloader", None)
+            vars(self._patched).pop("val_dataloader", None)
             self._patched = None
 
     # random streams in checkpoints
