@@ -17,7 +17,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from adm.metrics import build_extractor, evaluate
+from adm.metrics import build_extractor, evaluate, load_reference, open_samples
 
 log = logging.getLogger("evaluate")
 
@@ -68,6 +68,15 @@ def print_table(results: dict[str, Any], title: str) -> None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> dict[str, Any]:
+    # Check the files first: a malformed shard or reference fails before any network is loaded.
+    samples = OmegaConf.to_container(cfg.samples) if OmegaConf.is_list(cfg.samples) else cfg.samples
+    sample_source, reference = open_samples(samples), load_reference(cfg.reference)
+    log.info(
+        "Samples: %d images %s in %d file(s)",
+        len(sample_source),
+        sample_source.image_shape,
+        len(sample_source.paths),
+    )
     device = resolve_device(cfg.device)
     log.info("Feature extractor: %s on %s", cfg.feature_extractor, device)
     extractor = build_extractor(
@@ -77,13 +86,11 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         cache_dir=cfg.cache_dir,
         device=device,
     )
-    samples = OmegaConf.to_container(cfg.samples) if OmegaConf.is_list(cfg.samples) else cfg.samples
-    metrics = list(cfg.metrics) if cfg.metrics is not None else None
     results = evaluate(
-        samples,
-        cfg.reference,
+        sample_source,
+        reference,
         extractor,
-        metrics,
+        list(cfg.metrics) if cfg.metrics is not None else None,
         batch_size=cfg.batch_size,
         limit=cfg.num_samples,
         progress=cfg.progress,
@@ -97,7 +104,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     }
     path = output_path(cfg.out, cfg.paths.output_dir)
     write_json(record, path)
-    print_table(results, f"{cfg.feature_extractor} features: {samples} vs {cfg.reference}")
+    print_table(results, f"Metrics ({cfg.feature_extractor} features)")
     log.info("Wrote %s", path)
     return results
 

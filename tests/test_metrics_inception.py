@@ -1,7 +1,7 @@
 """The evaluator's Inception: weights lookup and conversion, agreement with the TorchScript port, features.
 
 Inception costs ~0.1-0.2 s per image on CPU: these tests use a handful of small images and one network
-loaded per session.
+loaded once per test run.
 """
 
 from __future__ import annotations

@@ -152,6 +152,30 @@ def test_resume_is_bit_exact(tmp_path: Path):
     )
 
 
+def test_classifier_resume_with_validation_is_bit_exact(tmp_path: Path):
+    """3 steps straight == 2 steps, validation, resume to 3: validation must not move the training streams."""
+    common = [
+        "experiment=smoke_classifier",
+        *FAST_CLS,
+        "lr_schedule=constant",
+        "data.val_fraction=0.05",
+        "trainer.val_check_interval=2",
+        "trainer.limit_val_batches=1",
+        "callbacks.last_checkpoint.every_n_train_steps=1",
+        "callbacks.model_checkpoint=null",
+    ]
+    straight, legs = tmp_path / "straight", tmp_path / "legs"
+    train_classifier(compose_cfg("train_classifier", [*common, "trainer.max_steps=3"], straight))
+    train_classifier(compose_cfg("train_classifier", [*common, "trainer.max_steps=2"], legs))
+    train_classifier(
+        compose_cfg("train_classifier", [*common, "trainer.max_steps=3", "ckpt_path=last"], legs)
+    )
+    a, b = read_ckpt(straight / "checkpoints" / "last.ckpt"), read_ckpt(legs / "checkpoints" / "last.ckpt")
+    assert a["global_step"] == b["global_step"] == 3
+    for key in ["state_dict", "optimizer_states", "lr_schedulers", "rng_states"]:
+        _same(a[key], b[key], key)
+
+
 def test_bad_inputs(tmp_path: Path):
     with pytest.raises(ValueError, match="not divisible"):
         train(

@@ -231,8 +231,8 @@ class ExactResume(Callback):
             return make_resumable(original_train(), seed=seed, rank=rank, world_size=world)
 
         def val_dataloader() -> Any:
-            # Every DataLoader iterator draws a worker base seed; drawn from the loader's own generator, it leaves
-            # the training streams alone (Lightning also builds a val iterator when it fast-forwards a resume).
+            # Each DataLoader iterator draws a worker base seed; from the loader's own generator it leaves the
+            # training streams alone (Lightning also builds a val iterator when it fast-forwards a resume).
             loaders = original_val()
             for loader in loaders if isinstance(loaders, list | tuple) else [loaders]:
                 if isinstance(loader, DataLoader) and loader.generator is None:
