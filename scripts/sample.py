@@ -1,7 +1,7 @@
 """Sample a trained ADM into OpenAI's .npz format (sharded, resumable, split over devices) and score it.
 
     python scripts/sample.py ckpt=runs/train/.../checkpoints/last.ckpt num_samples=64
-    python scripts/sample.py ckpt=... classifier_ckpt=... guidance.scale=2 sampler=ddim sampler.steps=25
+    python scripts/sample.py ckpt=... classifier_ckpt=... guidance.scale=2 sampler=ddim sampler.steps=ddim25
     python scripts/sample.py openai_ckpt=64x64_diffusion.pt model=adm_u_64 \\
         classifier_ckpt=64x64_classifier.pt classifier=adm_cls_64 guidance.scale=1.0 trainer.devices=8
     python scripts/sample.py openai_ckpt=x.pt 'flags="--attention_resolutions 32,16,8 --class_cond True ..."'

@@ -68,6 +68,12 @@ def test_smoke_diffusion(tmp_path: Path):
     with pytest.raises(ValueError, match="rates"):
         load_checkpoint(tmp_path / "checkpoints" / "last.ckpt", ema=0.5)
 
+    # resuming with other checkpoint settings still continues from, and rewrites, last.ckpt
+    more = ["callbacks.last_checkpoint.every_n_train_steps=7", "trainer.max_steps=5", "ckpt_path=last"]
+    train(compose_cfg("train", ["experiment=smoke", *FAST, *more], tmp_path))
+    assert read_ckpt(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 5
+    assert not list((tmp_path / "checkpoints").glob("last-v*.ckpt"))
+
 
 def test_smoke_classifier(tmp_path: Path):
     cfg = compose_cfg(

@@ -131,8 +131,13 @@ class LastCheckpoint(ModelCheckpoint):
 
     Lightning's ModelCheckpoint writes ``last.ckpt`` only together with a periodic checkpoint, so a run whose
     ``max_steps`` (or epoch end) falls between two periods would lose its last steps. This one also writes
-    ``last.ckpt`` after the final optimizer step and at the end of every epoch.
+    ``last.ckpt`` after the final optimizer step and at the end of every epoch. It always overwrites
+    ``last.ckpt`` (no ``last-v1.ckpt`` when a resumed run's callback settings differ), so ``ckpt_path=last``
+    always finds the newest state.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, enable_version_counter=False, **kwargs)
 
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
