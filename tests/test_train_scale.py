@@ -18,7 +18,7 @@ from adm.callbacks import EMA
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
-from test_train import FAST, compose_cfg, read_ckpt  # noqa: E402
+from test_train import FAST, compose_cfg, one_thread, read_ckpt  # noqa: E402, F401  (one_thread: autouse)
 from train import train  # noqa: E402
 
 
@@ -38,7 +38,7 @@ def test_ddp_two_cpu_processes_keep_the_global_batch(tmp_path: Path):
         "callbacks.sample_grid.sampler.steps=2",
         f"hydra.run.dir={tmp_path}",
     ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
