@@ -32,7 +32,7 @@ METRIC_COLUMNS = ("fid", "sfid", "is", "precision", "recall", "accuracy")
 _TITLES = {
     "fid": "FID (lower is better)",
     "sfid": "sFID",
-    "is": "Inception Score",
+    "is": "IS",
     "precision": "precision",
     "recall": "recall",
     "accuracy": "class accuracy",

@@ -275,10 +275,12 @@ def test_trained_upsampler_follows_its_own_low_res(tmp_path: Path):
         low_res_size=8,
     )
     out, _ = drawer(range(len(pick)))
+    # What sets each digit apart from the others of its class: deviations from the set's mean image.
     target = F.interpolate(from_uint8(low), size=(16, 16), mode="bilinear", align_corners=False)
-    c = correlations(from_uint8(out), target)
+    out = from_uint8(out)
+    c = correlations(out - out.mean(0), target - target.mean(0))
     own, other = c.diagonal(), c[~torch.eye(len(pick), dtype=torch.bool)].view(len(pick), -1)
-    assert own.mean() > other.mean() + 0.25 and (own > other.max(dim=1).values).all(), c
+    assert own.mean() > other.mean() + 0.5 and (own > other.max(dim=1).values + 0.15).all(), c
 
 
 # --- base -> upsampler on CPU -------------------------------------------------------------------------------
