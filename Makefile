@@ -9,6 +9,9 @@ STAMP := $(VENV)/.adm-installed
 # torch / torchvision are pinned to the builds this project is developed and tested with.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
+# Tests run many tiny tensor ops, which are faster (and far faster on a busy machine) single-threaded;
+# tests that need another thread count set it themselves.
+TEST_THREADS ?= 1
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-all demo lint format bench clean
@@ -26,11 +29,11 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## create .venv and install adm with its dev tools (idempotent; fast when done)
 
 test: $(STAMP) ## run the test suite (skips tests marked slow)
-	@$(PY) -m pytest -m "not slow" $(PYTEST_ARGS); rc=$$?; \
+	@OMP_NUM_THREADS=$(TEST_THREADS) $(PY) -m pytest -m "not slow" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 test-all: $(STAMP) ## run every test, slow ones included
-	$(PY) -m pytest $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$(TEST_THREADS) $(PY) -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP) ## train a guided ADM + noisy classifier on MNIST-5k, sweep guidance, write outputs/demo/
 	$(PY) scripts/demo.py

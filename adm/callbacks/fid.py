@@ -53,7 +53,7 @@ class FIDCallback(Callback):
         batch_size: images per sampler call on each rank.
         seed: seed of sample 0 (sample i uses seed + i).
         sampler: ``sampler(model_fn, diffusion, x_T, model_kwargs=..., noise=...) -> x_0`` with its options
-            bound (e.g. ``functools.partial(ddim_sample, steps=25)``: few steps keep it cheap).
+            bound (e.g. ``functools.partial(ddim_sample, steps="ddim25")``: few steps keep it cheap).
         feature_extractor: a :class:`~adm.metrics.FeatureExtractor` (moved to the module's device).
         reference: reference batch ``.npz`` (OpenAI's format), or None for the datamodule's real images.
         num_reference: images of the datamodule's `reference_split` used when `reference` is None.
