@@ -23,6 +23,7 @@ from hydra.utils import instantiate
 from lightning_fabric import Fabric
 from omegaconf import DictConfig, OmegaConf
 from sample import Loaded, build_fabric, load_model, score
+from sample import sample as sample_base
 
 from adm.io.checkpoint import CONFIG_KEY
 from adm.nn import SuperResUNet
@@ -66,8 +67,6 @@ def load_upsampler(cfg: DictConfig) -> tuple[Loaded, int | None]:
 
 def draw_base(cfg: dict[str, Any]) -> Path:
     """Run scripts/sample.py with the `base` settings (one string or a list) into out_dir/base -> its .npz."""
-    import sample as base_script
-
     base = cfg["base"]
     overrides = base.split() if isinstance(base, str) else [str(o) for o in base]
     clash = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in _SHARED]
@@ -86,7 +85,7 @@ def draw_base(cfg: dict[str, Any]) -> Path:
     ]
     base_cfg = compose(config_name="sample", overrides=[*first, *overrides, *last])
     log.info("base stage: scripts/sample.py %s", " ".join(overrides))
-    return Path(base_script.sample(base_cfg)["samples"])
+    return Path(sample_base(base_cfg)["samples"])
 
 
 def build_run(fabric: Fabric, cfg: dict[str, Any]) -> tuple[ShardStore, UpsampleDrawer]:
