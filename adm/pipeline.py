@@ -18,6 +18,7 @@ from torch import nn
 
 from adm.diffusion import GaussianDiffusion, create_diffusion
 from adm.sampling import SAMPLERS, ClassifierGuidance, PerSampleNoise
+from adm.sampling.noise import sample_seed
 
 __all__ = ["ADM"]
 
@@ -166,7 +167,8 @@ class ADM(nn.Module):
             steps: respacing of the 1000 training steps: an int (evenly spaced, e.g. 250), "ddimN" or
                 "a,b,c"; None samples all of them.
             eta: DDIM noise (0 = deterministic); only for ``sampler="ddim"``.
-            seed: base seed (image i uses seed + i) or one seed per image. Image i's noise comes from its own
+            seed: run seed (image i uses ``sample_seed(seed, i)``, as scripts/sample.py does) or one seed per
+                image. Image i's noise comes from its own
                 generator, so it does not change with ``batch_size`` or device.
             show_progress: show a progress bar.
         Returns:
@@ -190,7 +192,7 @@ class ADM(nn.Module):
         if device.type == "meta":
             raise ValueError("the networks are on the meta device: load weights first (load_openai)")
         seeds = (
-            list(range(int(seed), int(seed) + batch_size))
+            [sample_seed(int(seed), i) for i in range(batch_size)]
             if isinstance(seed, int)
             else [int(s) for s in seed]
         )

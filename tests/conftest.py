@@ -23,7 +23,7 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
-    """Folder of the golden set. Missing data is a failure, never a skip: these tests are the proof of exactness."""
+    """Folder of the golden set. Missing data is a failure, never a skip: these tests prove exactness."""
     root = _golden_root()
     if not (root / "README.md").is_file():
         pytest.fail(

@@ -8,6 +8,7 @@ import torch
 import adm
 from adm.diffusion import LossType, ModelVarType
 from adm.sampling import PerSampleNoise, ddpm_sample
+from adm.sampling.noise import sample_seed
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -67,10 +68,10 @@ def test_infer_outputs_and_seeding(tiny):
     assert out["samples"].shape == (3, 32, 32, 3) and out["samples"].dtype == torch.uint8
     assert torch.equal(out["labels"], torch.tensor([1, 2, 3]))
     # Image i depends on its own seed only.
-    single = tiny.infer(1, labels=[2], sampler="ddpm", steps=4, seed=[8])
+    single = tiny.infer(1, labels=[2], sampler="ddpm", steps=4, seed=[sample_seed(7, 1)])
     assert torch.equal(single["samples"][0], out["samples"][1])
     # The same as calling the sampler directly with the same per-sample noise.
-    noise = PerSampleNoise([7, 8, 9])
+    noise = PerSampleNoise([sample_seed(7, i) for i in range(3)])
     x_T = noise.initial((3, 32, 32))
     y = torch.tensor([1, 2, 3])
     x_0 = ddpm_sample(tiny.unet, tiny.diffusion, x_T, model_kwargs={"y": y}, noise=noise, steps=4)

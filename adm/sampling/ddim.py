@@ -46,7 +46,9 @@ def ddim_step(
     )
     z = noise(x_t)
     # x_{t-1} = sqrt(alpha_bar_prev) pred_x0 + sqrt(1 - alpha_bar_prev - sigma^2) eps + sigma z.
-    mean = pred_x0 * torch.sqrt(alpha_bar_prev) + torch.sqrt(1 - alpha_bar_prev - sigma**2) * eps
+    # (clamped: rounding can make 1 - alpha_bar_prev - sigma^2 slightly negative when eta = 1)
+    eps_coef = torch.sqrt((1 - alpha_bar_prev - sigma**2).clamp(min=0))
+    mean = pred_x0 * torch.sqrt(alpha_bar_prev) + eps_coef * eps
     x_prev = mean + last_step_mask(t, x_t) * sigma * z
     return {"x_prev": x_prev, "pred_x0": pred_x0, "eps": eps}
 

@@ -2,8 +2,8 @@
 
 With ``PerSampleNoise(seeds)`` the noise of sample i is drawn from ``torch.Generator().manual_seed(seeds[i])``
 on the CPU and then moved to the target device. Sampling the same seeds with batch size 1 or 64, on one GPU
-or split over eight, gives the same images. Give sample number n (in the whole run) the seed
-``base_seed + n`` and let each device take its slice of the seeds.
+or split over eight, gives the same images. Sample number n of a run seeded ``seed`` gets
+``sample_seed(seed, n)``; each device takes its slice of the seeds.
 """
 
 from __future__ import annotations
@@ -12,7 +12,23 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-__all__ = ["PerSampleNoise", "randn_like"]
+__all__ = ["PerSampleNoise", "randn_like", "sample_seed"]
+
+_SEED_BITS = 32
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The noise seed of sample `index` in a run seeded `seed`: ``seed * 2**32 + index``.
+
+    Every entry point (``ADM.infer``, ``scripts/sample.py``, the demo) uses it, so one seed gives the same
+    images everywhere, and runs with different seeds never share a sample (seed s + 1 is not seed s shifted
+    by one).
+    """
+    if not 0 <= index < 2**_SEED_BITS:
+        raise ValueError(f"sample index must be in [0, 2**32), got {index}")
+    if not 0 <= seed < 2**31:
+        raise ValueError(f"seed must be in [0, 2**31), got {seed}")
+    return (int(seed) << _SEED_BITS) + int(index)
 
 
 def randn_like(x: torch.Tensor) -> torch.Tensor:

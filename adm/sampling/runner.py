@@ -43,7 +43,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from adm.sampling.guidance import Guidance
-from adm.sampling.noise import PerSampleNoise
+from adm.sampling.noise import PerSampleNoise, sample_seed
 
 __all__ = [
     "ImageDrawer",
@@ -63,19 +63,6 @@ log = logging.getLogger(__name__)
 
 INFO_FILE = "sample_info.json"
 SHARD_DIR = "shards"
-_SEED_BITS = 32
-
-
-def sample_seed(seed: int, index: int) -> int:
-    """The noise seed of sample `index` in a run seeded `seed`: ``seed * 2**32 + index``.
-
-    Runs with different seeds never share a sample (seed s + 1 is not seed s shifted by one sample).
-    """
-    if not 0 <= index < 2**_SEED_BITS:
-        raise ValueError(f"sample index must be in [0, 2**32), got {index}")
-    if not 0 <= seed < 2**31:
-        raise ValueError(f"seed must be in [0, 2**31), got {seed}")
-    return (int(seed) << _SEED_BITS) + int(index)
 
 
 def to_uint8(x_0: torch.Tensor) -> np.ndarray:
