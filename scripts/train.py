@@ -8,6 +8,7 @@ python scripts/train.py hydra.run.dir=DIR ckpt_path=last                  # resu
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -103,23 +104,32 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
     return str(ckpt_path)
 
 
-def train(cfg: DictConfig) -> pl.Trainer:
-    """Build everything the config describes and fit; returns the trainer (see trainer.callback_metrics)."""
+def fit(cfg: DictConfig, network_key: str, make_module: Callable[..., pl.LightningModule]) -> pl.Trainer:
+    """The recipe every training script shares: build trainer, data, network, process and module, then fit.
+
+    Args:
+        network_key: config key of the network ("model" or "classifier"); its size, channels and classes are
+            taken from the data.
+        make_module: builds the LightningModule: ``make_module(network, diffusion=, timestep_sampler=,
+            optimizer=, lr_schedule=, config=)``.
+    Returns:
+        the trainer (see ``trainer.callback_metrics``).
+    """
     seed = pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     trainer, datamodule = build_trainer_and_data(cfg)
-    fit_network_to_data(cfg.model, datamodule, "num_classes")
+    net_cfg = cfg[network_key]
+    fit_network_to_data(net_cfg, datamodule, "out_channels" if network_key == "classifier" else "num_classes")
     plain = save_resolved_config(cfg, output_dir)
-    log.info("Instantiating network <%s>, diffusion and timestep sampler", cfg.model._target_)
-    unet = instantiate(cfg.model)
+    log.info("Instantiating %s <%s>, diffusion and timestep sampler", network_key, net_cfg._target_)
     diffusion = instantiate(cfg.diffusion)
-    module = DiffusionModule(
-        unet=unet,
+    module = make_module(
+        instantiate(net_cfg),
         diffusion=diffusion,
         timestep_sampler=instantiate(cfg.timestep_sampler, diffusion),
         optimizer=instantiate(cfg.optimizer),
         lr_schedule=instantiate(cfg.lr_schedule) if cfg.get("lr_schedule") else None,
-        config={k: plain[k] for k in ("model", "diffusion", "data")},
+        config={k: plain[k] for k in (network_key, "diffusion", "data")},
     )
     for logger in trainer.loggers:
         logger.log_hyperparams({**plain, "seed": seed})
@@ -128,6 +138,11 @@ def train(cfg: DictConfig) -> pl.Trainer:
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     log.info("Done: checkpoints in %s", output_dir / "checkpoints")
     return trainer
+
+
+def train(cfg: DictConfig) -> pl.Trainer:
+    """Train the diffusion model ``cfg.model`` (a UNet) on ``cfg.data``."""
+    return fit(cfg, "model", lambda unet, **kw: DiffusionModule(unet=unet, **kw))
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

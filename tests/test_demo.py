@@ -156,7 +156,7 @@ def test_demo_end_to_end_tiny(tmp_path):
         "domain.num_reference=60",
         "samples_per_class=2",
         "scales=[0,4]",
-        "sampler.steps=2",
+        "sampler.steps=ddim2",
         "grid_columns=3",
         f"diffusion_overrides={json.dumps(steps)}",
         f"classifier_overrides={json.dumps(steps)}",
