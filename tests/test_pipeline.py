@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import adm
-from adm.diffusion import LossType, ModelVarType
+from adm.diffusion import LossType, ModelMeanType, ModelVarType
 from adm.sampling import PerSampleNoise, ddpm_sample
 from adm.sampling.noise import sample_seed
 
@@ -35,6 +35,14 @@ def test_from_preset_builds_networks_and_process(tiny):
     assert tiny.diffusion.model_var_type == ModelVarType.LEARNED_RANGE
     assert tiny.diffusion.loss_type == LossType.RESCALED_MSE
     assert tiny.num_classes == 10 and tiny.classifier is not None
+
+
+def test_demo_preset_predicts_x0_on_the_linear_schedule():
+    model = adm.ADM.from_preset("adm_u_mnist")
+    assert model.diffusion.model_mean_type == ModelMeanType.START_X
+    assert model.diffusion.model_var_type == ModelVarType.FIXED_LARGE
+    betas = model.diffusion.betas
+    assert betas[0] == pytest.approx(1e-4) and betas[-1] == pytest.approx(0.02)
 
 
 def test_from_preset_on_meta_device_has_adm64_size():
