@@ -168,8 +168,8 @@ class ADM(nn.Module):
                 "a,b,c"; None samples all of them.
             eta: DDIM noise (0 = deterministic); only for ``sampler="ddim"``.
             seed: run seed (image i uses ``sample_seed(seed, i)``, as scripts/sample.py does) or one seed per
-                image. Image i's noise comes from its own
-                generator, so it does not change with ``batch_size`` or device.
+                image. Image i's noise comes from its own generator, so it does not change with
+                ``batch_size`` or device.
             show_progress: show a progress bar.
         Returns:
             {"samples": uint8 (B, H, W, C) images (OpenAI's quantisation ``((x + 1) * 127.5).clamp(0, 255)``

@@ -39,6 +39,7 @@ from adm.demo import DomainRuler, balanced_labels, best_scale, class_grid, draw_
 from adm.io.checkpoint import TrainedCheckpoint, load_checkpoint
 from adm.metrics.domain import DomainClassifier, train_domain_classifier
 from adm.metrics.images import float_to_uint8
+from adm.sampling.noise import sample_seed
 
 log = logging.getLogger("demo")
 
@@ -180,7 +181,7 @@ def run_demo(cfg: DictConfig) -> dict[str, dict[str, float]]:
     sampler = instantiate(cfg.sampler)
     guidance_factory = instantiate(cfg.guidance)
     labels = balanced_labels(num_classes, cfg.samples_per_class)
-    seeds = [cfg.seed + n for n in range(len(labels))]
+    seeds = [sample_seed(cfg.seed, n) for n in range(len(labels))]
     summary: dict[str, dict[str, float]] = {}
     (out / "grids").mkdir(exist_ok=True)
     (out / "samples").mkdir(exist_ok=True)

