@@ -28,9 +28,9 @@ KINDS = ("model", "classifier")
 
 
 def conf_dir() -> Path:
-    """The ``conf/`` folder: ``$ADM_CONF_DIR`` if set, else the one next to the ``adm`` package."""
+    """The configs: ``$ADM_CONF_DIR`` if set, else the package's own ``adm/conf``."""
     env = os.environ.get("ADM_CONF_DIR")
-    return Path(env) if env else Path(adm.__file__).resolve().parents[1] / "conf"
+    return Path(env) if env else Path(adm.__file__).resolve().parent / "conf"
 
 
 def list_presets(kind: str = "model") -> list[str]:

@@ -328,7 +328,7 @@ def test_loss_second_moment_sampler_is_unbiased_and_resumes_exactly():
 # ------------------------------------------------------------ configs
 @pytest.mark.parametrize(("name", "schedule"), [("cosine", "cosine"), ("linear", "linear")])
 def test_diffusion_configs_instantiate(repo_root, name, schedule):
-    cfg = OmegaConf.load(repo_root / "conf" / "diffusion" / f"{name}.yaml")
+    cfg = OmegaConf.load(repo_root / "adm" / "conf" / "diffusion" / f"{name}.yaml")
     cfg = OmegaConf.merge({"model": {"learn_sigma": True}}, {"diffusion": cfg})
     d = instantiate(cfg.diffusion)
     assert isinstance(d, GaussianDiffusion) and d.num_timesteps == 1000

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -67,10 +66,9 @@ def test_evaluate_script_with_domain_extractor_writes_metrics_json(mnist_files, 
         assert record[key] == pytest.approx(value, rel=1e-6), key
 
 
-def test_output_path_rules(repo_root):
-    spec = importlib.util.spec_from_file_location("evaluate_script", repo_root / "scripts" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_output_path_rules():
+    from adm.recipes import evaluate as module
+
     assert module.output_path(None, "runs/x") == Path("runs/x/metrics.json")
     assert module.output_path("out/m.json", "runs/x") == Path("out/m.json")
     assert module.output_path("out/dir", "runs/x") == Path("out/dir/metrics.json")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +15,10 @@ from omegaconf import DictConfig
 
 from adm.io.checkpoint import atomic_torch_save
 from adm.presets import build_network
+from adm.recipes.sample import sample
 from adm.sampling.runner import LabelPlan, ShardLayout, ShardStore, merge_shards, sample_seed
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-from sample import sample  # noqa: E402
 
 # A network small enough to sample in well under a second on one CPU thread: 8x8 grey images, 3 classes.
 TINY_UNET = dict(
@@ -93,7 +91,7 @@ def one_thread(monkeypatch):
 
 
 def compose_sample(overrides: list[str], out_dir: Path) -> DictConfig:
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "adm" / "conf"), version_base="1.3"):
         return compose("sample", overrides=[*overrides, f"paths.output_dir={out_dir}"])
 
 

@@ -4,7 +4,6 @@ OpenAI-shaped upsampler weights through the loading path, and whether outputs fo
 from __future__ import annotations
 
 import functools
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,9 @@ from adm.io.checkpoint import load_checkpoint
 from adm.lit.superres import SuperResModule
 from adm.nn import SuperResUNet, UNet
 from adm.presets import build_network, load_preset
+from adm.recipes.train import train_superres as train
+from adm.recipes.upsample import load_upsampler
+from adm.recipes.upsample import upsample as upsample_script
 from adm.sampling import ClassifierGuidance, ddim_sample, ddpm_sample
 from adm.sampling.runner import LabelPlan, sample_seed
 from adm.sampling.two_stage import (
@@ -33,17 +35,13 @@ from adm.sampling.two_stage import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-from train_superres import train  # noqa: E402
-from upsample import load_upsampler  # noqa: E402
-from upsample import upsample as upsample_script  # noqa: E402
 
 # 16 px digits from 8 px inputs, 8 images per step: seconds on a CPU.
 TINY = ["experiment=sr_mnist", "model=adm_sr_tiny", "data.image_size=16", "low_res_size=8", "batch_size=8"]
 
 
 def compose_cfg(config_name: str, overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "adm" / "conf"), version_base="1.3"):
         return compose(config_name, overrides=overrides)
 
 
@@ -360,7 +358,7 @@ def test_base_then_upsample_on_cpu(trained_sr: Path, tmp_path: Path):
         "trainer.accelerator=cpu",
     ]
     two_stage = tmp_path / "two_stage"
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "adm" / "conf"), version_base="1.3"):
         cfg = compose(
             "upsample",
             overrides=[
@@ -385,7 +383,7 @@ def test_base_then_upsample_on_cpu(trained_sr: Path, tmp_path: Path):
 
     # Upsampling the saved base file again, in other batches: the same images (per-sample seeds).
     again = tmp_path / "again"
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "adm" / "conf"), version_base="1.3"):
         cfg = compose(
             "upsample",
             overrides=[

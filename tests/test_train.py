@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,11 +10,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from adm.io.checkpoint import AtomicCheckpointIO, load_checkpoint
+from adm.recipes.train import train, train_classifier
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-from train import train  # noqa: E402
-from train_classifier import train_classifier  # noqa: E402
 
 # Small everywhere (the CPU is shared): 8 px digits, 4 images per step, two resolutions in the networks.
 FAST = ["data.image_size=8", "batch_size=4", "model.channel_mult=[1,2]"]
@@ -32,7 +29,7 @@ def one_thread():
 
 
 def compose_cfg(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "adm" / "conf"), version_base="1.3"):
         return compose(config_name, overrides=[*overrides, f"paths.output_dir={output_dir}"])
 
 

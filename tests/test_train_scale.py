@@ -15,11 +15,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from adm.callbacks import EMA
+from adm.recipes.train import train
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
 from test_train import FAST, compose_cfg, one_thread, read_ckpt  # noqa: E402, F401  (one_thread: autouse)
-from train import train  # noqa: E402
 
 
 def test_ddp_two_cpu_processes_keep_the_global_batch(tmp_path: Path):

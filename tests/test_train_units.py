@@ -254,7 +254,7 @@ def test_rng_state_round_trip():
 
 # --- experiment configs -------------------------------------------------------------------------------------
 def _compose(name: str, overrides: list[str]):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "adm" / "conf"), version_base="1.3"):
         return compose(name, overrides=[*overrides, "paths.output_dir=/tmp/unused"])
 
 
@@ -285,8 +285,8 @@ def test_paper_experiments_compose():
 
 def test_training_configs_take_classes_from_the_data():
     for path in [
-        *(REPO / "conf" / "experiment").glob("*.yaml"),
-        REPO / "conf" / "train.yaml",
-        REPO / "conf" / "train_classifier.yaml",
+        *(REPO / "adm" / "conf" / "experiment").glob("*.yaml"),
+        REPO / "adm" / "conf" / "train.yaml",
+        REPO / "adm" / "conf" / "train_classifier.yaml",
     ]:
         assert "num_classes: 1000" not in path.read_text(), path

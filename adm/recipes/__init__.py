@@ -1,0 +1,10 @@
+"""Recipes: what the scripts and console scripts run, as plain functions of a composed config.
+
+- :mod:`adm.recipes.train`: ``train``, ``train_classifier``, ``train_superres`` (one ``fit`` recipe);
+- :mod:`adm.recipes.sample`: ``sample`` (sharded, resumable ``.npz`` sample sets, optionally scored);
+- :mod:`adm.recipes.upsample`: ``upsample`` (base samples -> upsampler, or base + upsampler in one run);
+- :mod:`adm.recipes.evaluate`: ``evaluate_samples`` (FID / sFID / IS / precision / recall of a sample set);
+- :mod:`adm.recipes.demo`: ``run_demo`` (``make demo``).
+
+Entry points (``scripts/*.py``, ``adm-*`` console scripts) live in :mod:`adm.cli`.
+"""

@@ -1,0 +1,200 @@
+"""Upsample base samples with an ADM upsampler (sharded, resumable .npz), or run base -> upsampler in one go.
+
+    python scripts/upsample.py ckpt=runs/sr_mnist/.../checkpoints/last.ckpt base_samples=base.npz
+    python scripts/upsample.py openai_ckpt=64_256_upsampler.pt model=adm_sr_64_256 base_samples=64.npz
+    python scripts/upsample.py ckpt=sr.ckpt num_samples=64 'base="ckpt=base.ckpt guidance.scale=0"'
+
+The networks load exactly as in scripts/sample.py (our checkpoints describe themselves; OpenAI's weights take
+their preset). With ``base=...`` (scripts/sample.py settings) the base samples are drawn first into
+``out_dir/base`` with the same seed, count and devices; upsampling noise of sample i: upsample_seed(seed, i).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra import compose
+from hydra.utils import instantiate
+from lightning_fabric import Fabric
+from omegaconf import DictConfig, OmegaConf
+
+from adm.io.checkpoint import CONFIG_KEY
+from adm.nn import SuperResUNet
+from adm.recipes.sample import Loaded, build_fabric, load_model, score
+from adm.recipes.sample import sample as sample_base
+from adm.sampling.runner import (
+    ShardLayout,
+    ShardStore,
+    file_sha256,
+    generate_shards,
+    merge_shards,
+    read_images,
+    save_grid,
+)
+from adm.sampling.two_stage import BaseSamples, UpsampleDrawer
+
+log = logging.getLogger("upsample")
+
+# Settings of the base stage that the upsampling stage must share (sample i is the same sample in both).
+_SHARED = ("seed", "num_samples", "out_dir", "paths.output_dir")
+
+
+def load_upsampler(cfg: DictConfig) -> tuple[Loaded, int | None]:
+    """The upsampler and its process (as scripts/sample.py loads models), and the low-res side it expects."""
+    if cfg.flags is not None:
+        raise ValueError(
+            "flags=... is not supported for upsamplers; give OpenAI's upsampler weights their preset "
+            "instead, e.g. openai_ckpt=64_256_upsampler.pt model=adm_sr_64_256 (or model=adm_sr_128_512)"
+        )
+    loaded = load_model(cfg)
+    if not isinstance(loaded.network, SuperResUNet):
+        raise ValueError(
+            f"{cfg.ckpt or cfg.openai_ckpt} holds a {type(loaded.network).__name__}, not an upsampler; "
+            'sample base models with scripts/sample.py (or pass them as base="ckpt=...")'
+        )
+    low_res_size = cfg.low_res_size
+    if low_res_size is None and cfg.ckpt is not None:  # ours record it; mmap: no second copy of the weights
+        low_res_size = torch.load(cfg.ckpt, map_location="cpu", weights_only=True, mmap=True)[CONFIG_KEY].get(
+            "low_res_size"
+        )
+    return loaded, None if low_res_size is None else int(low_res_size)
+
+
+def draw_base(cfg: dict[str, Any]) -> Path:
+    """Run scripts/sample.py with the `base` settings (one string or a list) into out_dir/base -> its .npz."""
+    base = cfg["base"]
+    overrides = base.split() if isinstance(base, str) else [str(o) for o in base]
+    clash = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in _SHARED]
+    if clash:
+        raise ValueError(f"base={clash} is set by the upsampling run itself; set it at the top level instead")
+    if cfg["num_samples"] is None:
+        raise ValueError("base=... draws the base samples: give num_samples=N")
+    out = Path(cfg["out_dir"]) / "base"
+    trainer = [f"trainer.{k}={v}" for k, v in cfg["trainer"].items()]
+    first = [f"batch_size={cfg['batch_size']}", f"progress={cfg['progress']}", *trainer]
+    last = [
+        f"seed={cfg['seed']}",
+        f"num_samples={cfg['num_samples']}",
+        f"paths.output_dir={out}",
+        f"out_dir={out}",
+    ]
+    base_cfg = compose(config_name="sample", overrides=[*first, *overrides, *last])
+    log.info("base stage: scripts/sample.py %s", " ".join(overrides))
+    return Path(sample_base(base_cfg)["samples"])
+
+
+def build_run(fabric: Fabric, cfg: dict[str, Any]) -> tuple[ShardStore, UpsampleDrawer]:
+    """Load the upsampler and the base images on this process, and describe the run's files."""
+    dcfg = DictConfig(cfg)
+    loaded, low_res_size = load_upsampler(dcfg)
+    base = BaseSamples.load(cfg["base_samples"])
+    num_samples = len(base) if cfg["num_samples"] is None else int(cfg["num_samples"])
+    if num_samples > len(base):
+        raise ValueError(
+            f"num_samples={num_samples} but {cfg['base_samples']} holds {len(base)} base samples"
+        )
+    drawer = UpsampleDrawer(
+        unet=loaded.network.to(fabric.device),
+        diffusion=loaded.diffusion,
+        sampler=instantiate(dcfg.sampler),
+        base=base,
+        seed=cfg["seed"],
+        device=fabric.device,
+        low_res_size=low_res_size,
+        autocast=fabric.autocast,
+    )
+    fingerprint = {
+        "upsampler": loaded.fingerprint,
+        "base": {"sha256": file_sha256(cfg["base_samples"]), "image_shape": list(base.image_shape)},
+        "sampler": {k: v for k, v in cfg["sampler"].items() if k != "_partial_"},
+        "seed": cfg["seed"],
+        "shard_size": cfg["shard_size"],
+        "precision": str(cfg["trainer"]["precision"]),
+    }
+    info = {
+        "upsampler": loaded.info,
+        "base_samples": str(Path(cfg["base_samples"]).resolve()),
+        "low_res_size": low_res_size,
+        "batch_size": cfg["batch_size"],
+        "world_size": fabric.world_size,
+        "device": str(fabric.device),
+    }
+    store = ShardStore(
+        cfg["out_dir"],
+        fingerprint=fingerprint,
+        layout=ShardLayout(num_samples, cfg["shard_size"]),
+        image_shape=drawer.image_shape,
+        with_labels=base.label_array is not None,
+        info=info,
+    )
+    return store, drawer
+
+
+def _is_complete(store: ShardStore) -> bool:
+    """True when the merged file of this run (same settings: ``prepare`` checked them) is already there."""
+    try:
+        images, _ = read_images(store.merged_path, 0)
+    except (OSError, ValueError, KeyError):
+        return False
+    return images.shape[1:] == store.image_shape
+
+
+def run_rank(fabric: Fabric, cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """One process: its shards, then (rank 0) merge, grid and scores. Returns rank 0's summary."""
+    store, drawer = build_run(fabric, cfg)
+    done = False
+    if fabric.global_rank == 0:
+        store.prepare()  # refuses a folder holding samples of other settings
+        done = _is_complete(store)
+    done = fabric.broadcast(done, src=0)
+    counts = {"generated": 0, "skipped": store.layout.num_shards}
+    if not done:
+        counts = generate_shards(
+            store,
+            drawer,
+            batch_size=cfg["batch_size"],
+            rank=fabric.global_rank,
+            world_size=fabric.world_size,
+            progress=cfg["progress"],
+        )
+    fabric.barrier()
+    if fabric.global_rank != 0:
+        return None
+    if not done:
+        merge_shards(store, delete_shards=not cfg["keep_shards"])
+    images, _ = read_images(store.merged_path, cfg["grid_size"])
+    save_grid(images, Path(cfg["out_dir"]) / "grid.png", nrow=cfg["grid_nrow"])
+    result: dict[str, Any] = {
+        "samples": str(store.merged_path),
+        "base_samples": cfg["base_samples"],
+        "grid": str(Path(cfg["out_dir"]) / "grid.png"),
+        "generated_shards": counts["generated"],
+        "skipped_shards": counts["skipped"],
+    }
+    metrics = score({**cfg, "guidance": None}, store, fabric.device)
+    if metrics is not None:
+        result["metrics"] = metrics
+    return result
+
+
+def upsample(cfg: DictConfig) -> dict[str, Any]:
+    """Resolve the config, draw the base samples if asked, upsample them; returns rank 0's summary."""
+    plain = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+    if (plain["base_samples"] is None) == (plain["base"] is None):
+        raise ValueError(
+            "give exactly one of base_samples=FILE.npz (arr_0 uint8 NHWC images, arr_1 labels) or "
+            'base="ckpt=... guidance.scale=..." (scripts/sample.py settings that draw them first)'
+        )
+    for key in ("ckpt", "openai_ckpt", "base_samples"):
+        if plain[key] is not None and not Path(plain[key]).is_file():
+            raise FileNotFoundError(f"{key}={plain[key]}: no such file")
+    if plain["base"] is not None:
+        plain["base_samples"] = str(draw_base(plain))
+    fabric = build_fabric(plain["trainer"])
+    log.info(
+        "upsampling %s into %s (%d device(s))", plain["base_samples"], plain["out_dir"], fabric.world_size
+    )
+    return fabric.launch(run_rank, plain)
