@@ -6,8 +6,12 @@
 
 from __future__ import annotations
 
+from adm.conf.resolvers import register_resolvers as _register_resolvers
+
 __version__ = "0.1.0"
 __all__ = ["ADM", "__version__"]
+
+_register_resolvers()  # the configs' ${adm.var_type:...}; OmegaConf only, no Hydra / Lightning import
 
 
 def __getattr__(name: str):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import time
 from pathlib import Path
 
@@ -26,10 +25,11 @@ import torch.nn.functional as F
 
 from adm.data import MNIST5kDataModule, downsample_area
 from adm.io.checkpoint import load_checkpoint
+from adm.io.files import atomic_write_json
+from adm.io.samples import BaseSamples, from_uint8, save_grid, to_uint8
 from adm.metrics import DomainClassifier, fid_from_features, train_domain_classifier
+from adm.recipes.upsample import UpsampleDrawer
 from adm.sampling import ddim_sample, ddpm_sample
-from adm.sampling.runner import save_grid, to_uint8
-from adm.sampling.two_stage import BaseSamples, UpsampleDrawer, from_uint8
 
 
 def parse_args() -> argparse.Namespace:
@@ -109,7 +109,7 @@ def main() -> None:
     low = to_uint8(downsample_area(from_uint8(source), 14)) if source.shape[1] != 14 else source
 
     trained = load_checkpoint(args.ckpt, ema=True if args.ema is None else args.ema)
-    low_res_size = trained.config.get("low_res_size")
+    low_res_size = trained.unet.low_res_size
     if low_res_size != 14 or trained.unet.image_size != 28:
         raise ValueError(
             f"{args.ckpt} is a {low_res_size} -> {trained.unet.image_size} upsampler, not 14 -> 28"
@@ -167,7 +167,7 @@ def main() -> None:
             "weights": trained.weights,
             "results": results,
         }
-        (out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
+        atomic_write_json(out / "results.json", record)
         k = min(16, len(low))
         rows = [resize(low[:k], 28, "nearest"), candidates["bicubic 14->28"][:k], upsampled[:k]]
         if truth is not None:

@@ -197,6 +197,32 @@ def test_mnist5k_runs_under_lightning():
     assert trainer.global_step == 2 and probe.val_batches == 1
 
 
+def test_train_loader_shards_per_rank_and_saves_its_position(monkeypatch):
+    from types import SimpleNamespace
+
+    from adm.data import ResumableLoader, ShardSampler
+
+    monkeypatch.setenv("PL_GLOBAL_SEED", "5")  # what seed_everything(5) sets
+    shares = []
+    for rank in (0, 1):
+        dm = mnist5k(batch_size=16)
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=2, current_epoch=0)  # as Lightning attaches
+        loader = dm.train_dataloader()
+        assert isinstance(loader, ResumableLoader) and isinstance(loader.sampler, ShardSampler)
+        assert (loader.sampler.seed, loader.sampler.rank, loader.sampler.num_replicas) == (5, rank, 2)
+        assert len(loader) == 4500 // 2 // 16  # whole per-device batches of this rank's share
+        shares.append(list(loader.sampler))
+    assert not set(shares[0]) & set(shares[1])  # disjoint shares of the 4 500 training digits
+
+    it = iter(loader)
+    first = next(it)[0]
+    state = loader.state_dict()
+    second = next(it)[0]
+    again = dm.train_dataloader()
+    again.load_state_dict(state)
+    assert torch.equal(next(iter(again))[0], second) and not torch.equal(first, second)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="val_fraction"):
         mnist5k(val_fraction=1.0)
@@ -463,7 +489,8 @@ def test_configs_name_every_constructor_argument(monkeypatch, tmp_path):
         for name, cls in CONFIG_CLASSES.items():
             cfg = compose(overrides=[f"+data={name}"]).data
             assert get_class(cfg._target_) is cls
-            args = set(inspect.signature(cls.__init__).parameters) - {"self"}
+            # class_cond: the Python-side alternative to num_classes ("the classes found"), never configured
+            args = set(inspect.signature(cls.__init__).parameters) - {"self", "class_cond"}
             assert set(cfg) - {"_target_"} == args, name
             assert OmegaConf.is_missing(cfg, "batch_size")  # per device, filled by the training recipe
             if name.startswith(("imagenet", "lsun", "cifar", "mnist")) and name != "mnist5k":
@@ -482,9 +509,11 @@ def test_configs_instantiate(monkeypatch, tmp_path, tree):
     with initialize_config_dir(config_dir=str(REPO / "adm" / "conf"), version_base="1.3"):
         dm = instantiate(compose(overrides=["+data=mnist5k", "data.batch_size=8"]).data)
         assert (type(dm), dm.num_classes, dm.batch_size, dm.image_size) == (MNIST5kDataModule, 10, 8, 28)
-        dm = instantiate(compose(overrides=["+data=imagenet64", "data.batch_size=4"]).data)
+        two = ["data.batch_size=4", "data.num_classes=2"]  # the test folder holds 2 of ImageNet's classes
+        dm = instantiate(compose(overrides=["+data=imagenet64", *two]).data)
         assert (dm.num_classes, dm.image_size, dm.path) == (2, 64, tmp_path / "imagenet" / "train")
-        cfg = compose(overrides=["+data=imagefolder", f"data.path={tree}", "data.labels=filename"]).data
+        files = [f"data.path={tree}", "data.labels=filename", "data.num_classes=3"]
+        cfg = compose(overrides=["+data=imagefolder", *files]).data
         assert instantiate(cfg, batch_size=2).num_classes == 3
         with pytest.raises(InstantiationException) as error:  # Hydra wraps our error
             instantiate(compose(overrides=["+data=lsun_bedroom256", "data.batch_size=4"]).data)

@@ -1,8 +1,8 @@
-"""The guidance demo: its pieces against hand-built cases, and scripts/demo.py end to end at a tiny scale."""
+"""The guidance demo: each scale is a run of the sample recipe (same files, same scores), its checks, its
+grids, and scripts/demo.py end to end at a tiny scale."""
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -12,136 +12,174 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from hydra import compose, initialize_config_dir
 from PIL import Image
-from torch import nn
+from test_sample import COSINE, _classifier_ckpt, write_tiny_checkpoints
 
-from adm.demo import DomainRuler, balanced_labels, best_scale, class_grid, draw_samples, format_table
-from adm.diffusion import create_diffusion
-from adm.metrics.domain import DomainClassifier
-from adm.sampling import ClassifierGuidance, ddim_sample
+from adm.io.samples import by_class, save_grid
+from adm.metrics import DomainClassifier
+from adm.recipes.demo import best_row, real_digits, sample_scales, train_network
+from adm.recipes.sample import sample
 
 REPO = Path(__file__).resolve().parents[1]
+CONF = str(REPO / "adm" / "conf")
+SCORES = ("accuracy", "fid", "precision", "recall")
 
 
-class ConstantEps(nn.Module):
-    """A stand-in UNet predicting eps = 0.1 * x_t + 0.05 * y (depends on the label, nothing else)."""
-
-    in_channels, image_size, num_classes = 1, 6, 3
-
-    def __init__(self):
-        super().__init__()
-        self.anchor = nn.Parameter(torch.zeros(()))
-
-    def forward(self, x, t, y=None):
-        return 0.1 * x + 0.05 * y.float().view(-1, 1, 1, 1) + self.anchor
-
-
-class MeanClassifier(nn.Module):
-    """Noisy-classifier stand-in: logits = (mean of x) * [0, 1, 2] (guidance pushes class 2 up, 0 down)."""
-
-    def forward(self, x, t):
-        return x.mean(dim=(1, 2, 3))[:, None] * torch.arange(3.0)
-
-
-def test_balanced_labels():
-    y = balanced_labels(4, 3)
-    assert y.dtype == torch.int64 and y.tolist() == [0, 1, 2, 3] * 3
-    with pytest.raises(ValueError, match="per_class"):
-        balanced_labels(4, 0)
-
-
-def test_draw_samples_independent_of_batch_size_and_guided():
-    diffusion = create_diffusion(steps=50, noise_schedule="cosine", learn_sigma=False)
-    # eta > 0: the per-sample noise enters every step.
-    sampler = functools.partial(ddim_sample, steps=5, eta=0.5)
-    labels = torch.tensor([0, 1, 2, 0, 1, 2, 2])
-    seeds = [10 + i for i in range(7)]
-    unet = ConstantEps()
-    common = dict(sampler=sampler, guidance=None)
-    a = draw_samples(unet, diffusion, labels, seeds, batch_size=7, **common)
-    b = draw_samples(unet, diffusion, labels, seeds, batch_size=3, **common)
-    assert a.shape == (7, 1, 6, 6) and a.abs().max() <= 1
-    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
-    # Scale 0 is exactly unguided; a positive scale moves class-2 samples up and class-0 samples down.
-    zero = draw_samples(
-        unet,
-        diffusion,
-        labels,
-        seeds,
-        batch_size=7,
-        sampler=sampler,
-        guidance=ClassifierGuidance(MeanClassifier(), 0.0),
+@pytest.fixture
+def tiny_setup(tmp_path) -> dict[str, Path]:
+    """Tiny diffusion / classifier checkpoints (8x8 grey, 3 classes), a domain CNN, a labelled reference."""
+    files = write_tiny_checkpoints(tmp_path / "ckpts")
+    files["domain"] = tmp_path / "domain.pt"
+    DomainClassifier(in_channels=1, image_size=8, num_classes=3, width=2).save(files["domain"])
+    rng = np.random.default_rng(0)
+    files["reference"] = tmp_path / "reference.npz"
+    np.savez(
+        files["reference"],
+        arr_0=rng.integers(0, 256, (18, 8, 8, 1), dtype=np.uint8),
+        arr_1=np.arange(18) % 3,
     )
-    torch.testing.assert_close(zero, a, rtol=0, atol=0)
-    guided = draw_samples(
-        unet,
-        diffusion,
-        labels,
-        seeds,
-        batch_size=7,
-        sampler=sampler,
-        guidance=ClassifierGuidance(MeanClassifier(), 20.0),
+    return files
+
+
+def _demo_config(overrides: list[str]):
+    return compose(
+        "demo",
+        overrides=[
+            "scales=[0,2]",
+            "samples_per_class=4",
+            "sample_batch_size=5",
+            "seed=3",
+            "sample_overrides=['sampler=ddim','sampler.steps=2','progress=false']",
+            *overrides,
+        ],
     )
-    shift = (guided - a).mean(dim=(1, 2, 3))
-    assert (shift[labels == 2] > 0).all() and (shift[labels == 0] < 0).all()
-    with pytest.raises(ValueError, match="one seed per label"):
-        draw_samples(unet, diffusion, labels, seeds[:3], batch_size=7, **common)
 
 
-def test_class_grid_rows_are_classes():
-    labels = torch.tensor([2, 0, 1, 2, 0, 2])
-    # Class k is a flat image at k - 1 in [-1, 1], i.e. k / 2 in the grid's [0, 1].
-    images = (labels.float() - 1).view(-1, 1, 1, 1).expand(-1, 1, 4, 4).clone()
-    grid = class_grid(images, labels, num_classes=3, columns=2)
-    assert grid.shape == (3, 2 + 3 * 6, 2 + 2 * 6)
-    for k in range(3):
-        for c in range(2):
-            cell = grid[:, 2 + 6 * k : 6 + 6 * k, 2 + 6 * c : 6 + 6 * c]
-            count = int((labels == k).sum())
-            expected = k / 2 if c < count else 1.0  # white where the class has fewer images than columns
-            torch.testing.assert_close(cell, torch.full_like(cell, expected))
+def test_each_scale_is_a_sample_recipe_run(tiny_setup, tmp_path):
+    """The demo's samples and scores at a scale are exactly what scripts/sample.py writes for the same
+    settings (per-sample seeds, labels 0, 1, 2 cycled, DDIM, domain-CNN scores against the same reference)."""
+    files = tiny_setup
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        rows = sample_scales(
+            _demo_config([]),
+            model_ckpt=files["model"],
+            classifier_ckpt=files["classifier"],
+            domain_ckpt=files["domain"],
+            reference=files["reference"],
+            num_classes=3,
+            out_dir=tmp_path / "demo",
+        )
+        assert [r["guidance_scale"] for r in rows] == [0.0, 2.0]
+        for row in rows:
+            scale = row["guidance_scale"]
+            alone = tmp_path / f"alone_{scale:g}"
+            sample(
+                compose(
+                    "sample",
+                    overrides=[
+                        f"ckpt={files['model']}",
+                        f"classifier_ckpt={files['classifier']}",
+                        f"guidance.scale={scale}",
+                        "labels=[0,1,2]",
+                        "num_samples=12",
+                        "seed=3",
+                        "sampler=ddim",
+                        "sampler.steps=2",
+                        "batch_size=5",
+                        "progress=false",
+                        f"evaluate.domain_ckpt={files['domain']}",
+                        f"evaluate.reference={files['reference']}",
+                        "evaluate.metrics=[accuracy,fid,precision,recall]",
+                        f"paths.output_dir={alone}",
+                        f"out_dir={alone}",
+                    ],
+                )  # fmt: skip
+            )
+            demo_dir = Path(row["dir"])
+            assert demo_dir == tmp_path / "demo" / f"scale_{scale:g}"
+            ours = json.loads((demo_dir / "metrics.json").read_text())
+            theirs = json.loads((alone / "metrics.json").read_text())
+            for key in SCORES:
+                assert ours[key] == theirs[key] and math.isfinite(ours[key])
+                assert row[key] == ours[key]  # the summary row reads metrics.json
+            assert ours["feature_extractor"] == "domain" and ours["guidance_scale"] == scale
+            with (
+                np.load(demo_dir / "samples_12x8x8x1.npz") as a,
+                np.load(alone / "samples_12x8x8x1.npz") as b,
+            ):
+                np.testing.assert_array_equal(a["arr_0"], b["arr_0"])
+                assert a["arr_1"].tolist() == b["arr_1"].tolist() == [0, 1, 2] * 4
+    # Guidance changed the images: the scales are different runs, not one set scored twice.
+    with (
+        np.load(rows[0]["dir"] + "/samples_12x8x8x1.npz") as a,
+        np.load(rows[1]["dir"] + "/samples_12x8x8x1.npz") as b,
+    ):
+        assert not np.array_equal(a["arr_0"], b["arr_0"])
 
 
-def test_best_scale_and_table():
-    summary = {
-        "0": {"accuracy": 0.5, "fid": 3.0, "precision": 0.5, "recall": 0.6},
-        "2": {"accuracy": 0.9, "fid": 2.0, "precision": 0.7, "recall": 0.5},
-        "4": {"accuracy": 0.9, "fid": 1.0, "precision": 0.8, "recall": 0.4},
-        "8": {"accuracy": 0.9, "fid": 1.0, "precision": 0.9, "recall": 0.3},
-    }
-    assert best_scale(summary) == "4"  # highest accuracy, then lower FID, then the smaller scale
-    table = format_table(
-        {**summary, "real": {"accuracy": 0.99, "fid": math.nan, "precision": 1, "recall": 1}}
-    )
-    lines = table.splitlines()
-    assert lines[0].split() == ["scale", "accuracy", "fid", "precision", "recall"]
-    assert lines[3].split() == ["2", "0.900", "2.000", "0.700", "0.500"]
-    assert lines[-1].split() == ["real", "0.990", "-", "1.000", "1.000"]
+def test_classifier_of_another_noising_process_is_refused(tiny_setup, tmp_path):
+    linear = _classifier_ckpt(tmp_path / "linear.ckpt", {**COSINE, "noise_schedule": "linear"})
+    with (
+        initialize_config_dir(config_dir=CONF, version_base="1.3"),
+        pytest.raises(ValueError, match="noising schedule=linear"),
+    ):
+        sample_scales(
+            _demo_config([]),
+            model_ckpt=tiny_setup["model"],
+            classifier_ckpt=linear,
+            domain_ckpt=tiny_setup["domain"],
+            reference=tiny_setup["reference"],
+            num_classes=3,
+            out_dir=tmp_path / "demo",
+        )
 
 
-def test_domain_ruler_against_itself():
-    """Samples equal to the reference: FID 0, precision = recall = 1, accuracy = the CNN's own argmax rate."""
-    torch.manual_seed(0)
-    cnn = DomainClassifier(1, 8, 3, width=4).eval()
-    images = torch.rand(40, 1, 8, 8) * 2 - 1
-    labels = torch.arange(40) % 3
-    ruler = DomainRuler(cnn, images, labels.numpy())
-    scores = ruler.score(images, labels)
-    assert set(scores) == {"accuracy", "fid", "precision", "recall"}
-    assert abs(scores["fid"]) < 1e-6 and scores["precision"] == 1.0 and scores["recall"] == 1.0
-    assert not cnn.training  # scoring leaves the CNN in eval mode
-    with torch.no_grad():
-        quantised = (((images + 1) * 127.5).clamp(0, 255).to(torch.uint8).float() / 127.5) - 1
-        expected = (cnn(quantised).argmax(1) == labels).double().mean().item()
-    assert scores["accuracy"] == pytest.approx(expected) == pytest.approx(ruler.reference_accuracy)
-    # Forty copies of one image: a point mass f, so FID = |mu_ref - f|^2 + tr(Sigma_ref) and recall = 0.
-    blank = ruler.score(torch.ones_like(images), labels)
-    with torch.no_grad():
-        ref = cnn.features(quantised).double().numpy()
-        f = cnn.features(torch.ones_like(images[:1])).double().numpy()[0]
-    closed_form = ((ref.mean(0) - f) ** 2).sum() + np.trace(np.cov(ref, rowvar=False))
-    assert blank["fid"] == pytest.approx(closed_form, rel=1e-4) and blank["recall"] == 0.0
+def test_reuse_keeps_a_trained_network(tmp_path):
+    run_dir = tmp_path / "runs" / "diffusion"
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"trained")
+
+    def must_not_train(cfg):
+        raise AssertionError("reuse=true must not train again")
+
+    assert train_network("train", ["experiment=demo_diffusion"], run_dir, must_not_train, True) == ckpt
+    assert ckpt.read_bytes() == b"trained"
+
+
+def test_class_rows_grid(tmp_path):
+    labels = np.array([2, 0, 1, 2, 0, 2])
+    images = np.stack([np.full((4, 4, 1), 10 * i, dtype=np.uint8) for i in range(6)])
+    rows = by_class(images, labels, num_classes=4, columns=2)
+    assert rows.shape == (8, 4, 4, 1) and rows.dtype == np.uint8
+    # row k: the first two images labelled k, in order; white where a class has fewer (class 1: one, 3: none)
+    assert [int(cell[0, 0, 0]) for cell in rows] == [10, 40, 20, 255, 0, 30, 255, 255]
+    path = save_grid(rows, tmp_path / "grid.png", nrow=2)
+    with Image.open(path) as grid:
+        assert grid.size == (2 + 2 * 6, 2 + 4 * 6)
+    with pytest.raises(ValueError, match="one label per image"):
+        by_class(images, labels[:3], num_classes=3, columns=2)
+
+
+def test_real_digits_follow_the_sample_labels():
+    labels = np.array([1, 0, 0, 2, 1, 2, 0, 1, 2, 2])
+    images = np.arange(10)
+    x, y = real_digits(images, labels, num_classes=3, per_class=5)
+    assert y.tolist() == [0, 1, 2] * 3  # 3 of each: the rarest class has 3
+    assert x.tolist() == [1, 0, 3, 2, 4, 5, 6, 7, 8]
+
+
+def test_best_row():
+    rows = [
+        {"guidance_scale": 0.0, "accuracy": 0.5, "fid": 3.0},
+        {"guidance_scale": 2.0, "accuracy": 0.9, "fid": 2.0},
+        {"guidance_scale": 4.0, "accuracy": 0.9, "fid": 1.0},
+        {"guidance_scale": 8.0, "accuracy": 0.9, "fid": 1.0},
+    ]
+    assert best_row(rows)["guidance_scale"] == 4.0  # highest accuracy, then lower FID, then smaller scale
+    with pytest.raises(ValueError, match="scales"):
+        best_row([])
 
 
 def test_demo_end_to_end_tiny(tmp_path):
@@ -156,8 +194,8 @@ def test_demo_end_to_end_tiny(tmp_path):
         "domain.num_reference=60",
         "samples_per_class=2",
         "scales=[0,4]",
-        "sampler.steps=ddim2",
         "grid_columns=3",
+        f"sample_overrides={json.dumps(['sampler=ddim', 'sampler.steps=2', 'progress=false'])}",
         f"diffusion_overrides={json.dumps(steps)}",
         f"classifier_overrides={json.dumps(steps)}",
     ]
@@ -175,21 +213,29 @@ def test_demo_end_to_end_tiny(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary) == ["0", "4"]
     for scores in summary.values():
-        assert set(scores) == {"accuracy", "fid", "precision", "recall"}
+        assert set(scores) == set(SCORES)
         assert 0 <= scores["accuracy"] <= 1 and 0 <= scores["precision"] <= 1 and 0 <= scores["recall"] <= 1
         assert math.isfinite(scores["fid"]) and scores["fid"] >= 0
-    assert "accuracy" in proc.stdout and "real" in proc.stdout  # the printed table
+    table = proc.stdout[proc.stdout.rindex("guidance scale") :].splitlines()
+    assert table[0].split() == ["guidance", "scale", "fid", "precision", "recall", "accuracy"]
+    assert [line.split()[0] for line in table[2:5]] == ["0", "4", "real"]
+    assert (out / "summary.csv").is_file() and (out / "summary.png").is_file()
 
     with Image.open(out / "samples_grid.png") as grid:
         assert grid.size == (2 + 3 * 30, 2 + 10 * 30)  # 3 columns, one 28-px row per class, 2-px padding
     for key in summary:
         assert (out / "grids" / f"scale_{key}.png").is_file()
-        npz = np.load(out / "samples" / f"scale_{key}.npz")
-        assert npz["arr_0"].shape == (20, 28, 28, 1) and npz["arr_0"].dtype == np.uint8
-        assert np.bincount(npz["arr_1"], minlength=10).tolist() == [2] * 10
+        run = out / "samples" / f"scale_{key}"
+        with np.load(run / "samples_20x28x28x1.npz") as npz:
+            assert npz["arr_0"].shape == (20, 28, 28, 1) and npz["arr_0"].dtype == np.uint8
+            assert npz["arr_1"].tolist() == list(range(10)) * 2
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert {k: round(metrics[k], 4) for k in SCORES} == summary[key]
+    with np.load(out / "reference.npz") as ref:
+        assert ref["arr_0"].shape == (60, 28, 28, 1) and ref["arr_1"].shape == (60,)
 
     details = json.loads((out / "details.json").read_text())
     assert details["diffusion_steps_trained"] == 2 and details["classifier_steps_trained"] == 2
-    assert details["best_scale"] in summary
+    assert details["best_scale"] in summary and details["samples_per_scale"] == 20
     for run in ("diffusion", "classifier"):
         assert (out / "runs" / run / "checkpoints" / "last.ckpt").is_file()

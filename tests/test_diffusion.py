@@ -16,19 +16,33 @@ from adm.diffusion import (
     LossType,
     ModelMeanType,
     ModelVarType,
+    Spacing,
+    SpacingMethod,
     UniformSampler,
-    create_diffusion,
+    check_classifier_fits,
     create_timestep_sampler,
     discretized_gaussian_log_likelihood,
     normal_kl,
-    space_timesteps,
 )
 from adm.diffusion.schedules import cosine_betas, linear_betas
 
 
-def _diffusion(schedule="linear", steps=1000, **kwargs) -> GaussianDiffusion:
-    return create_diffusion(
-        steps=steps, noise_schedule=schedule, learn_sigma=kwargs.pop("learn_sigma", True), **kwargs
+def _diffusion(
+    schedule="linear",
+    steps=1000,
+    *,
+    mean_type="epsilon",
+    var_type="learned_range",
+    loss_type="rescaled_mse",
+    rescale_timesteps=False,
+) -> GaussianDiffusion:
+    return GaussianDiffusion.from_schedule(
+        schedule,
+        steps,
+        mean_type=mean_type,
+        var_type=var_type,
+        loss_type=loss_type,
+        rescale_timesteps=rescale_timesteps,
     )
 
 
@@ -54,50 +68,87 @@ def test_cosine_schedule_matches_alpha_bar_formula():
     assert float(cosine_betas(steps).max()) <= 0.999
 
 
-def test_unknown_schedule_is_a_value_error():
-    with pytest.raises(ValueError, match="noise_schedule"):
-        create_diffusion(steps=10, noise_schedule="quadratic", learn_sigma=False)
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"schedule": "quadratic"}, "unknown schedule 'quadratic'; choose one of: cosine, linear"),
+        ({"mean_type": "eps"}, "unknown mean_type 'eps'; choose one of: epsilon, start_x, previous_x"),
+        (
+            {"var_type": "learned_sigma"},
+            "unknown var_type .*fixed_small, fixed_large, learned, learned_range",
+        ),
+        ({"loss_type": "hybrid"}, "unknown loss_type 'hybrid'; choose one of: mse, rescaled_mse, kl"),
+    ],
+)
+def test_unknown_names_are_one_value_error_listing_the_choices(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _diffusion(**{"steps": 10, **kwargs})
+
+
+def test_process_vocabulary_builds_the_enums():
+    d = _diffusion("cosine", mean_type="start_x", var_type="fixed_small", loss_type="kl")
+    assert (d.model_mean_type, d.model_var_type, d.loss_type) == (
+        ModelMeanType.START_X,
+        ModelVarType.FIXED_SMALL,
+        LossType.KL,
+    )
+    assert d.schedule == "cosine" and not d.learn_sigma and d.respace(10).schedule == "cosine"
+    assert _diffusion(var_type=ModelVarType.LEARNED).learn_sigma
 
 
 # ------------------------------------------------------------ respacing
-def test_space_timesteps_known_cases():
-    assert space_timesteps(1000, "ddim10") == list(range(0, 1000, 100))
-    assert space_timesteps(1000, "10,5,3") == [0, 37, 74, 111, 148, 185, 222, 259, 296, 333] + [
+def test_spacing_known_cases():
+    assert Spacing.strided(10).timesteps(1000) == list(range(0, 1000, 100))
+    assert Spacing.strided(25).timesteps(1000) == list(range(0, 1000, 40))  # 0..960, OpenAI's "ddim25"
+    assert Spacing.sections(10, 5, 3).timesteps(1000) == [0, 37, 74, 111, 148, 185, 222, 259, 296, 333] + [
         334, 417, 500, 583, 666, 667, 833, 999
     ]  # fmt: skip
-    kept = space_timesteps(1000, 25)
+    kept = Spacing.even(25).timesteps(1000)
     assert len(kept) == 25 and kept[0] == 0 and kept[-1] == 999
     assert kept[4] == 166  # 4 * 999/24 = 166.5 rounds half to even
-    assert space_timesteps(1000, None) == list(range(1000)) == space_timesteps(1000, "")
-    assert space_timesteps(1000, 1000) == list(range(1000))
-    assert space_timesteps(1000, "ddim1000") == list(range(1000))
-    assert space_timesteps(1000, 1) == [0]
-    assert space_timesteps(10, "3,1") == [0, 2, 4, 5]
+    assert Spacing.even(1000).timesteps(1000) == list(range(1000))
+    assert Spacing.strided(1000).timesteps(1000) == list(range(1000))
+    assert Spacing.even(1).timesteps(1000) == [0]
+    assert Spacing.sections(3, 1).timesteps(10) == [0, 2, 4, 5]
+    assert Spacing.sections(25) == Spacing((25,), "sections") and str(Spacing.strided(25)) == "25 strided"
+
+
+def test_spacing_of_sampler_options():
+    assert Spacing.of(None) is None
+    assert Spacing.of(25) == Spacing.even(25) == Spacing.of(25, "even")
+    assert Spacing.of(25, "strided") == Spacing.strided(25) == Spacing.of(25, SpacingMethod.STRIDED)
+    assert Spacing.of([10, 5, 3], "sections") == Spacing.sections(10, 5, 3)
+    assert Spacing.of(Spacing.strided(5)) == Spacing.strided(5) == Spacing.of(Spacing.strided(5), "strided")
 
 
 @pytest.mark.parametrize(
-    ("spacing", "match"),
+    ("steps", "spacing", "match"),
     [
-        ("ddim600", "integer stride"),
-        ("ddim0", "integer stride"),
-        ("ddimx", "ddimN"),
-        ("400,400,400", "cannot keep"),
-        (1001, "cannot keep"),
-        (0, "at least one step"),
-        ("5,0", "at least one step"),
-        ("abc", "bad timestep spacing"),
-        (2.5, "int or a string"),
+        (600, "strided", "integer stride"),
+        (0, "strided", "at least one step"),
+        (400, "ddim", "unknown spacing 'ddim'; choose one of: even, strided, sections"),
+        ([400, 400, 400], "sections", "cannot keep"),
+        (1001, "even", "cannot keep"),
+        (0, None, "at least one step"),
+        ([5, 0], "sections", "at least one step"),
+        ([10, 20], "even", "per-section counts: use spacing='sections'"),
+        ("ddim25", None, "steps=N spacing='strided'"),
+        ("250", None, "got the string"),
+        (2.5, None, "whole numbers"),
+        (True, None, "whole numbers"),
+        (None, "strided", "needs a number of steps"),
+        (Spacing.even(5), "strided", "drop spacing='strided'"),
     ],
 )
-def test_space_timesteps_errors(spacing, match):
+def test_spacing_errors(steps, spacing, match):
     with pytest.raises(ValueError, match=match):
-        space_timesteps(1000, spacing)
+        Spacing.of(steps, spacing).timesteps(1000)
 
 
 def test_respacing_keeps_alpha_bar_and_maps_timesteps():
     base = _diffusion("cosine")
-    spaced = base.respace("10,5,3")
-    kept = torch.tensor(space_timesteps(1000, "10,5,3"))
+    spaced = base.respace(Spacing.sections(10, 5, 3))
+    kept = torch.tensor(Spacing.sections(10, 5, 3).timesteps(1000))
     assert torch.equal(spaced.timestep_map, kept)
     assert torch.allclose(spaced.alphas_cumprod, base.alphas_cumprod[kept], rtol=1e-9, atol=0)
     t = torch.tensor([0, 5, 17])
@@ -108,7 +159,7 @@ def test_respacing_keeps_alpha_bar_and_maps_timesteps():
 
 
 def test_rescaled_timesteps_are_floats_on_the_1000_scale():
-    d = create_diffusion(steps=500, noise_schedule="linear", learn_sigma=False, rescale_timesteps=True)
+    d = _diffusion("linear", 500, var_type="fixed_large", rescale_timesteps=True)
     spaced = d.respace(50)
     t = torch.tensor([0, 1, 49])
     out = spaced.model_timesteps(t)
@@ -232,7 +283,7 @@ def _noised_batch(d: GaussianDiffusion, channels=2):
 
 
 def test_hybrid_loss_vb_trains_only_the_variance():
-    d = _diffusion("cosine", rescale_learned_sigmas=False)
+    d = _diffusion("cosine", loss_type="mse")
     x_0, x_t, t, eps = _noised_batch(d)
     output = torch.randn(4, 4, 4, 4, requires_grad=True)
     terms = d.training_losses(output, x_0, x_t, t, eps)
@@ -246,8 +297,8 @@ def test_hybrid_loss_vb_trains_only_the_variance():
 
 def test_rescaled_losses():
     for steps in (1000, 250):
-        mse = _diffusion("linear", rescale_learned_sigmas=False).respace(steps)
-        rescaled = _diffusion("linear", rescale_learned_sigmas=True).respace(steps)
+        mse = _diffusion("linear", loss_type="mse").respace(steps)
+        rescaled = _diffusion("linear", loss_type="rescaled_mse").respace(steps)
         assert (mse.loss_type, rescaled.loss_type) == (LossType.MSE, LossType.RESCALED_MSE)
         x_0, x_t, t, eps = _noised_batch(mse)
         output = torch.randn(4, 4, 4, 4)
@@ -257,14 +308,14 @@ def test_rescaled_losses():
         )
         assert torch.allclose(scaled["vb"], plain["vb"] * steps / 1000)
         assert torch.equal(scaled["mse"], plain["mse"])
-    kl = _diffusion("linear", use_kl=True).respace(100)
+    kl = _diffusion("linear", loss_type="rescaled_kl").respace(100)
     assert kl.loss_type == LossType.RESCALED_KL
     x_0, x_t, t, eps = _noised_batch(kl)
     output = torch.randn(4, 4, 4, 4)
     terms = kl.training_losses(output, x_0, x_t, t, eps)
     vb = kl.vb_terms_bpd(output, x_0, x_t, t, clip_denoised=False)["output"]
     assert torch.allclose(terms["loss"], vb * 100)
-    fixed = _diffusion("linear", learn_sigma=False)
+    fixed = _diffusion("linear", var_type="fixed_large")
     terms = fixed.training_losses(torch.randn(4, 2, 4, 4), x_0, x_t, t, eps)
     assert torch.equal(terms["loss"], terms["mse"]) and not terms["vb"].any()
 
@@ -326,11 +377,132 @@ def test_loss_second_moment_sampler_is_unbiased_and_resumes_exactly():
 
 
 # ------------------------------------------------------------ configs
-@pytest.mark.parametrize(("name", "schedule"), [("cosine", "cosine"), ("linear", "linear")])
-def test_diffusion_configs_instantiate(repo_root, name, schedule):
+@pytest.mark.parametrize(
+    ("name", "schedule", "mean_type"),
+    [
+        ("cosine", "cosine", "epsilon"),
+        ("linear", "linear", "epsilon"),
+        ("linear_xstart", "linear", "start_x"),
+    ],
+)
+@pytest.mark.parametrize("learn_sigma", [True, False])
+def test_diffusion_configs_instantiate(repo_root, name, schedule, mean_type, learn_sigma):
     cfg = OmegaConf.load(repo_root / "adm" / "conf" / "diffusion" / f"{name}.yaml")
-    cfg = OmegaConf.merge({"model": {"learn_sigma": True}}, {"diffusion": cfg})
+    cfg = OmegaConf.merge({"model": {"learn_sigma": learn_sigma}}, {"diffusion": cfg})
     d = instantiate(cfg.diffusion)
-    assert isinstance(d, GaussianDiffusion) and d.num_timesteps == 1000
-    assert d.model_var_type == ModelVarType.LEARNED_RANGE and d.loss_type == LossType.RESCALED_MSE
-    assert torch.equal(d.betas, create_diffusion(steps=1000, noise_schedule=schedule, learn_sigma=True).betas)
+    assert isinstance(d, GaussianDiffusion) and d.num_timesteps == 1000 and d.schedule == schedule
+    # Whether the variance is learned comes from the network's learn_sigma alone.
+    assert d.learn_sigma is learn_sigma
+    assert d.model_var_type == (ModelVarType.LEARNED_RANGE if learn_sigma else ModelVarType.FIXED_LARGE)
+    assert d.model_mean_type == ModelMeanType(mean_type) and d.loss_type == LossType.RESCALED_MSE
+    assert torch.equal(d.betas, linear_betas(1000) if schedule == "linear" else cosine_betas(1000))
+
+
+def test_var_type_resolver(repo_root):
+    cfg = OmegaConf.create(
+        {"model": {"learn_sigma": False}, "v": "${adm.var_type:${model.learn_sigma},fixed_small}"}
+    )
+    assert cfg.v == "fixed_small"
+    for bad, match in [("${adm.var_type:maybe}", "true or false"), ("${adm.var_type:true,learned}", "fixed")]:
+        with pytest.raises(Exception, match=match):
+            _ = OmegaConf.create({"v": bad}).v
+
+
+def test_openai_flags_map_onto_our_vocabulary_in_compat():
+    from adm.compat.diffusion import create_gaussian_diffusion, diffusion_config, legacy_diffusion_config
+
+    flags = {"diffusion_steps": 1000, "noise_schedule": "cosine", "learn_sigma": True, "use_kl": False}
+    flags |= {
+        "rescale_learned_sigmas": True,
+        "predict_xstart": False,
+        "image_size": 64,
+        "timestep_respacing": "250",
+    }
+    ours = diffusion_config(flags)
+    assert ours == {
+        "_target_": "adm.diffusion.GaussianDiffusion.from_schedule",
+        "schedule": "cosine",
+        "steps": 1000,
+        "mean_type": "epsilon",
+        "var_type": "learned_range",
+        "loss_type": "rescaled_mse",
+        "rescale_timesteps": False,
+    }
+    d = instantiate(ours)
+    theirs = create_gaussian_diffusion(
+        steps=1000, noise_schedule="cosine", learn_sigma=True, rescale_learned_sigmas=True
+    )
+    assert (d.model_var_type, d.loss_type) == (theirs.model_var_type, theirs.loss_type)
+    assert torch.allclose(d.alphas_cumprod, torch.as_tensor(theirs.alphas_cumprod), rtol=1e-12, atol=0)
+    assert diffusion_config({"predict_xstart": True, "use_kl": True})["mean_type"] == "start_x"
+    assert diffusion_config({"use_kl": True})["loss_type"] == "rescaled_kl"
+    assert diffusion_config({})["var_type"] == "fixed_large" and diffusion_config({})["loss_type"] == "mse"
+    # A checkpoint written with the flag-style config reads as our own.
+    legacy = {"_target_": "adm.diffusion.create_diffusion", "steps": 1000, "noise_schedule": "linear"}
+    legacy |= {"learn_sigma": False, "sigma_small": True, "predict_xstart": True}
+    assert legacy_diffusion_config(legacy) | {"_target_": None} == {
+        "_target_": None,
+        "schedule": "linear",
+        "steps": 1000,
+        "mean_type": "start_x",
+        "var_type": "fixed_small",
+        "loss_type": "rescaled_mse",
+        "rescale_timesteps": False,
+    }
+    with pytest.raises(ValueError, match="unknown keys"):
+        legacy_diffusion_config({**legacy, "betas": [0.1]})
+
+
+def test_openai_timestep_respacing_strings_are_read_by_compat_only():
+    from adm.compat.diffusion import parse_timestep_respacing
+
+    assert parse_timestep_respacing("ddim25") == Spacing.strided(25)
+    assert parse_timestep_respacing("250") == Spacing.sections(250)
+    assert (
+        parse_timestep_respacing("10,5,3")
+        == parse_timestep_respacing([10, 5, 3])
+        == Spacing.sections(10, 5, 3)
+    )
+    assert parse_timestep_respacing("") is None and parse_timestep_respacing(None) is None
+    for bad, match in [("ddimx", "ddimN"), ("abc", "bad timestep_respacing"), (2.5, "string like")]:
+        with pytest.raises(ValueError, match=match):
+            parse_timestep_respacing(bad)
+    with pytest.raises(ValueError, match="got the string 'ddim25'"):
+        _diffusion().respace("ddim25")
+
+
+class _Net:
+    def __init__(self, image_size=8, in_channels=1, num_classes=3):
+        self.image_size, self.in_channels, self.num_classes = image_size, in_channels, num_classes
+
+
+def test_classifier_fit_compares_networks_and_noising():
+    cosine, linear = _diffusion("cosine"), _diffusion("linear")
+    # Respacing, mean and variance types do not change how images are noised.
+    check_classifier_fits(
+        _Net(),
+        _Net(),
+        model_process=cosine.respace(25),
+        classifier_process=_diffusion("cosine", var_type="fixed_large"),
+    )
+    check_classifier_fits(_Net(num_classes=None), _Net(), model_process=cosine)  # unconditional model
+    with pytest.raises(
+        ValueError, match="noising schedule=linear steps=1000, the model uses schedule=cosine"
+    ):
+        check_classifier_fits(_Net(), _Net(), model_process=cosine, classifier_process=linear)
+    with pytest.raises(ValueError, match="steps=500"):
+        check_classifier_fits(
+            _Net(), _Net(), model_process=cosine, classifier_process=_diffusion("cosine", 500)
+        )
+    with pytest.raises(ValueError, match="rescale_timesteps"):
+        check_classifier_fits(
+            _Net(),
+            _Net(),
+            model_process=cosine,
+            classifier_process=_diffusion("cosine", rescale_timesteps=True),
+        )
+    with pytest.raises(ValueError) as info:
+        check_classifier_fits(_Net(), _Net(image_size=16, in_channels=3, num_classes=5))
+    message = str(info.value)
+    assert "16px images, the model draws 8px" in message and "3 channels, the model draws 1" in message
+    assert "5 classes, the model 3" in message and message.count("the classifier does not fit") == 1

@@ -1,6 +1,6 @@
-"""FID during training: the callback samples with the EMA weights from per-sample seeds and scores the samples
-against the datamodule's real images; its numbers equal a direct computation and do not depend on how many
-processes share the work."""
+"""FID during training: the callback samples with the EMA weights from per-sample seeds (``sample_seed``, as
+scripts/sample.py does) and scores the samples against the datamodule's real images; its numbers equal a
+direct computation and do not depend on how many processes share the work."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from pytorch_lightning.loggers import CSVLogger
 from adm.callbacks.ema import EMA
 from adm.callbacks.fid import FIDCallback
 from adm.data import MNIST5kDataModule
-from adm.diffusion import UniformSampler, create_diffusion
+from adm.diffusion import GaussianDiffusion, UniformSampler
 from adm.lit import DiffusionModule
 from adm.metrics import DomainClassifier, DomainFeatureExtractor, fid_from_features, precision_recall
 from adm.nn import UNet
-from adm.sampling import PerSampleNoise, ddim_sample
+from adm.sampling import PerSampleNoise, ddim_sample, sample_seed
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,10 @@ def _module(lr: float) -> DiffusionModule:
         image_size=8, in_channels=1, model_channels=32, num_res_blocks=1, attention_resolutions=[],
         channel_mult=[1, 2], learn_sigma=True, num_classes=10, num_head_channels=32,
     )  # fmt: skip
-    diffusion = create_diffusion(steps=1000, noise_schedule="cosine", learn_sigma=True)
+    diffusion = GaussianDiffusion.from_schedule(
+        "cosine", 1000, mean_type="epsilon", var_type="learned_range", loss_type="rescaled_mse",
+        rescale_timesteps=False,
+    )  # fmt: skip
     optimizer = functools.partial(torch.optim.AdamW, lr=lr)
     return DiffusionModule(unet=unet, diffusion=diffusion, timestep_sampler=UniformSampler(diffusion),
                            optimizer=optimizer)  # fmt: skip
@@ -86,7 +89,7 @@ def test_fid_of_ema_samples_matches_direct_computation(tmp_path, one_thread):
 
     # independently: after fit the module holds the EMA weights the last evaluation sampled with
     unet = module.unet.eval()
-    noise = PerSampleNoise(range(10))
+    noise = PerSampleNoise([sample_seed(0, i) for i in range(10)])  # the seed rule of scripts/sample.py
     y = torch.arange(10) % 10
     with torch.no_grad():
         x_T = noise.initial((1, 8, 8))

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import adm.compat.guided_diffusion as gd
+from adm.diffusion import GaussianDiffusion, Spacing
 
 SINGLE_TOL = 1e-5
 LOOP_TOL = 1e-4
@@ -181,6 +182,30 @@ def test_schedules(golden_dir, rel_error):
                 ours = torch.as_tensor(getattr(diffusion, name))
                 assert ours.dtype == torch.float64
                 err = rel_error(ours, tensors[f"{sub}/{name}"])
+                assert err <= SCHEDULE_TOL, f"{sub}/{name}: {err:.2e}"
+
+
+def test_own_vocabulary_and_spacing_reproduce_golden_schedules(golden_dir, rel_error):
+    """Our API underneath the facade: OpenAI's flags -> our config (conf/diffusion vocabulary) -> the process,
+    respaced with a typed Spacing, gives the reference's timesteps and tables."""
+    for folder in _cases(golden_dir, "diffusion_schedules"):
+        config = json.loads((folder / "config.json").read_text())
+        tensors = torch.load(folder / "tensors.pt", weights_only=True)
+        for sub, spec in config["sub_diffusions"].items():
+            kwargs = spec["create_gaussian_diffusion_kwargs"]
+            ours = gd.diffusion_config(
+                {("diffusion_steps" if k == "steps" else k): v for k, v in kwargs.items()}
+            )
+            process = GaussianDiffusion.from_schedule(**{k: v for k, v in ours.items() if k != "_target_"})
+            spacing = gd.parse_timestep_respacing(kwargs.get("timestep_respacing"))
+            if spacing is not None:
+                assert isinstance(spacing, Spacing)
+            spaced = process.respace(spacing)
+            assert torch.equal(spaced.timestep_map, tensors[f"{sub}/timestep_map"]), sub
+            for name in ("model_mean_type", "model_var_type", "loss_type"):
+                assert getattr(spaced, name).name == spec["resolved"][name], (sub, name)
+            for name in ("betas", "alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped"):
+                err = rel_error(getattr(spaced, name), tensors[f"{sub}/{name}"])
                 assert err <= SCHEDULE_TOL, f"{sub}/{name}: {err:.2e}"
 
 

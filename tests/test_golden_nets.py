@@ -16,8 +16,8 @@ import torch
 
 import adm.compat.guided_diffusion as guided_diffusion
 import adm.compat.models as compat
+from adm.config import build_network
 from adm.nn import EncoderUNet, SuperResUNet, UNet, load_state_dict_checked, shape_map, timestep_embedding
-from adm.presets import build_network
 
 FORWARD_CASES = [
     "unet_cond_legacyattn",

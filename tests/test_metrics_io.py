@@ -1,4 +1,6 @@
-"""Sample shards, reference batches and the evaluate() plumbing (with a cheap stand-in feature extractor)."""
+"""The evaluate() plumbing over sample shards and reference batches (with a cheap stand-in feature extractor).
+
+The file formats themselves (reading and writing sample files, reference batches) are tested in test_io.py."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from adm.io.samples import load_reference, open_samples
 from adm.metrics import (
     FeatureExtractor,
     FeatureSet,
@@ -17,12 +20,9 @@ from adm.metrics import (
     extract_features,
     fid_from_features,
     frechet_distance,
-    load_reference,
-    open_samples,
     precision_recall,
     reference_features,
     resolve_metrics,
-    save_npz,
 )
 
 
@@ -59,106 +59,7 @@ def _write_shards(folder: Path, sizes, seed=0) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-# ---------------------------------------------------------------- sample files
-
-
-def test_sample_shards_stream_in_order(tmp_path):
-    images, labels = _write_shards(tmp_path / "s", [5, 7, 3])
-    source = open_samples(tmp_path / "s")
-    assert len(source) == 15 and source.image_shape == (8, 8, 3) and source.has_labels
-    batches = list(source.batches(4))
-    assert max(len(b) for b, _ in batches) == 4
-    np.testing.assert_array_equal(np.concatenate([b for b, _ in batches]), images)
-    np.testing.assert_array_equal(np.concatenate([lab for _, lab in batches]), labels)
-    np.testing.assert_array_equal(source.labels(), labels)
-    limited = np.concatenate([b for b, _ in source.batches(4, limit=9)])
-    np.testing.assert_array_equal(limited, images[:9])
-    files = sorted((tmp_path / "s").glob("*.npz"))
-    assert len(open_samples([files[0], files[2]])) == 8
-    assert len(open_samples(str(files[1]))) == 7
-
-
-def test_grey_images_without_channel_axis(tmp_path):
-    np.savez(tmp_path / "g.npz", _images(3, 0, (8, 8)))
-    source = open_samples(tmp_path / "g.npz")
-    assert source.image_shape == (8, 8, 1) and not source.has_labels and source.labels() is None
-    ((batch, labels),) = list(source.batches(8))
-    assert batch.shape == (3, 8, 8, 1) and labels is None
-
-
-@pytest.mark.parametrize(
-    "arrays, match",
-    [
-        (
-            {"arr_0": np.zeros((2, 8, 8, 3), np.float32)},
-            r"'arr_0' has shape \(2, 8, 8, 3\) and dtype float32; expected uint8",
-        ),
-        (
-            {"arr_0": np.zeros((2, 3, 8, 8), np.uint8)},
-            r"'arr_0' has shape \(2, 3, 8, 8\) and dtype uint8; expected uint8",
-        ),
-        (
-            {"arr_0": np.zeros((2, 8, 8, 3), np.uint8), "arr_1": np.zeros(3, np.int64)},
-            r"'arr_1' has shape \(3,\)",
-        ),
-        (
-            {"arr_0": np.zeros((2, 8, 8, 3), np.uint8), "arr_1": np.zeros(2, np.float32)},
-            r"'arr_1' .* float32",
-        ),
-        ({"images": np.zeros((2, 8, 8, 3), np.uint8)}, r"has no 'arr_0' \(keys: \['images'\]\)"),
-    ],
-)
-def test_bad_sample_file_errors(tmp_path, arrays, match):
-    np.savez(tmp_path / "bad.npz", **arrays)
-    with pytest.raises(ValueError, match=match):
-        open_samples(tmp_path / "bad.npz")
-
-
-def test_sample_path_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no such sample file"):
-        open_samples(tmp_path / "missing.npz")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="no .npz files"):
-        open_samples(tmp_path / "empty")
-    (tmp_path / "x.npz").write_text("not a zip")
-    with pytest.raises(ValueError, match="not an .npz archive"):
-        open_samples(tmp_path / "x.npz")
-    np.savez(tmp_path / "a.npz", _images(2, 0))
-    np.savez(tmp_path / "b.npz", _images(2, 0, (4, 4, 3)))
-    with pytest.raises(ValueError, match="different shapes"):
-        open_samples([tmp_path / "a.npz", tmp_path / "b.npz"])
-
-
-# ---------------------------------------------------------------- reference batches
-
-
-@pytest.mark.parametrize(
-    "arrays, match",
-    [
-        (
-            {"arr_0": np.zeros((4, 8, 8, 3), np.int64)},
-            r"'arr_0' has shape \(4, 8, 8, 3\) and dtype int64; expected uint8",
-        ),
-        (
-            {"mu": np.zeros(2047)},
-            r"'mu' has shape \(2047,\) and dtype float64; expected a float array of shape \(2048,\)",
-        ),
-        (
-            {"mu": np.zeros(2048, np.int32)},
-            r"'mu' has shape \(2048,\) and dtype int32; expected a float array",
-        ),
-        (
-            {"mu_s": np.zeros((2023, 1))},
-            r"'mu_s' has shape \(2023, 1\) .* expected a float array of shape \(2023,\)",
-        ),
-        ({"mu": np.zeros(2048)}, r"has 'mu' but not 'sigma'"),
-        ({"labels": np.zeros(3)}, r"neither 'arr_0' .* nor precomputed 'mu'/'sigma'"),
-    ],
-)
-def test_bad_reference_batch_errors(tmp_path, arrays, match):
-    np.savez(tmp_path / "ref.npz", **arrays)
-    with pytest.raises(ValueError, match=match):
-        load_reference(tmp_path / "ref.npz")
+# ---------------------------------------------------------------- reference statistics
 
 
 def test_reference_statistics_are_used_only_by_inception(tmp_path):
@@ -244,17 +145,6 @@ def test_evaluate_labels_and_limit(tmp_path):
     assert set(only_is) == {"is", "num_samples"}
     feats = extract_features(tmp_path / "s.npz", PixelFeatures(), ["pool"], batch_size=5)
     assert feats.features["pool"].shape == (12, 12) and feats.labels is None
-
-
-def test_save_npz_round_trip(tmp_path):
-    images = _images(5, 7)
-    x_0 = (torch.from_numpy(images).permute(0, 3, 1, 2).float() + 0.5) / 127.5 - 1  # model layout
-    save_npz(tmp_path / "a.npz", x_0, torch.arange(5))
-    with np.load(tmp_path / "a.npz") as data:
-        np.testing.assert_array_equal(data["arr_0"], images)
-        np.testing.assert_array_equal(data["arr_1"], np.arange(5))
-    with pytest.raises(ValueError, match=r"labels must be \(5,\)"):
-        save_npz(tmp_path / "b.npz", images, np.arange(4))
 
 
 def test_reference_feature_set_without_needed_features_is_a_clear_error(tmp_path):

@@ -165,7 +165,7 @@ def test_load_openai_checkpoint_infers_kind_and_uses_fitting_preset(golden_dir, 
     )
     assert isinstance(clf, EncoderUNetModel)
 
-    from adm.presets import build_network
+    from adm.config import build_network
 
     tiny = build_network("adm_u_tiny")
     path = tmp_path / "tiny.pt"

@@ -73,20 +73,21 @@ def test_load_openai_round_trip_and_errors(tiny, tmp_path):
 
 def test_infer_outputs_and_seeding(tiny):
     out = tiny.infer(3, labels=[1, 2, 3], sampler="ddpm", steps=4, seed=7)
-    assert out["samples"].shape == (3, 32, 32, 3) and out["samples"].dtype == torch.uint8
+    size, channels = tiny.unet.image_size, tiny.unet.in_channels
+    assert out["samples"].shape == (3, size, size, channels) and out["samples"].dtype == torch.uint8
     assert torch.equal(out["labels"], torch.tensor([1, 2, 3]))
     # Image i depends on its own seed only.
     single = tiny.infer(1, labels=[2], sampler="ddpm", steps=4, seed=[sample_seed(7, 1)])
     assert torch.equal(single["samples"][0], out["samples"][1])
     # The same as calling the sampler directly with the same per-sample noise.
     noise = PerSampleNoise([sample_seed(7, i) for i in range(3)])
-    x_T = noise.initial((3, 32, 32))
+    x_T = noise.initial((channels, size, size))
     y = torch.tensor([1, 2, 3])
     x_0 = ddpm_sample(tiny.unet, tiny.diffusion, x_T, model_kwargs={"y": y}, noise=noise, steps=4)
     assert torch.equal(((x_0 + 1) * 127.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1), out["samples"])
     # Random labels come from the seed.
     a, b = (
-        tiny.infer(2, sampler="ddim", steps="ddim4", seed=3),
+        tiny.infer(2, sampler="ddim", steps=4, spacing="strided", seed=3),
         tiny.infer(2, sampler="ddim", steps=4, seed=3),
     )
     assert torch.equal(a["labels"], b["labels"]) and int(a["labels"].max()) < 10
@@ -107,7 +108,8 @@ def test_infer_guidance(tiny):
         ({"labels": [1, -1]}, "labels must lie"),
         ({"labels": [1, 2, 3]}, "one int or 2 ints"),
         ({"sampler": "euler"}, "unknown sampler"),
-        ({"steps": "ddim600"}, "integer stride"),
+        ({"steps": 600, "spacing": "strided"}, "integer stride"),
+        ({"steps": "ddim4"}, "number of steps"),
         ({"steps": 2000}, "cannot keep"),
         ({"classifier_scale": -1.0}, "classifier_scale"),
         ({"eta": 0.5}, "eta is a DDIM setting"),
@@ -125,7 +127,10 @@ def test_guidance_without_classifier_is_an_error(tiny):
 
 
 def test_mismatched_parts_are_errors(tiny):
-    from adm.diffusion import create_diffusion
+    from adm.diffusion import GaussianDiffusion
 
+    fixed = GaussianDiffusion.from_schedule(
+        "cosine", 1000, mean_type="epsilon", var_type="fixed_large", loss_type="mse", rescale_timesteps=False
+    )
     with pytest.raises(ValueError, match="learn_sigma"):
-        adm.ADM(tiny.unet, create_diffusion(steps=1000, noise_schedule="cosine", learn_sigma=False))
+        adm.ADM(tiny.unet, fixed)

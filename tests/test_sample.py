@@ -1,4 +1,4 @@
-"""scripts/sample.py and adm.sampling.runner: shards in OpenAI's format, per-sample seeds across processes,
+"""scripts/sample.py and its shards: in OpenAI's format, per-sample seeds across processes,
 resuming, and the errors a user meets (wrong / corrupt checkpoints, classifiers that do not fit)."""
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from adm.io.checkpoint import atomic_torch_save
-from adm.presets import build_network
+from adm.config import build_network
+from adm.io.files import atomic_torch_save
+from adm.io.samples import ShardLayout, ShardStore, merge_shards
 from adm.recipes.sample import sample
-from adm.sampling.runner import LabelPlan, ShardLayout, ShardStore, merge_shards, sample_seed
+from adm.sampling import LabelPlan, sample_seed
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -277,7 +278,7 @@ def test_classifier_must_fit_the_model(tiny, tmp_path):
     with pytest.raises(ValueError, match="16px images, the model draws 8px"):
         run([*base, f"classifier_ckpt={big}"], tmp_path / "b")
     linear = _classifier_ckpt(tmp_path / "linear.ckpt", {**COSINE, "noise_schedule": "linear"})
-    with pytest.raises(ValueError, match="noise_schedule=linear"):
+    with pytest.raises(ValueError, match="schedule=linear steps=1000, the model uses schedule=cosine"):
         run([*base, f"classifier_ckpt={linear}"], tmp_path / "c")
     with pytest.raises(ValueError, match="needs a noisy classifier"):
         run(base, tmp_path / "d")

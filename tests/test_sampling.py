@@ -7,10 +7,22 @@ import torch
 from torch import nn
 
 from adm.compat.diffusion import create_gaussian_diffusion
-from adm.diffusion import GaussianDiffusion, create_diffusion
+from adm.diffusion import GaussianDiffusion, Spacing
 from adm.sampling import SAMPLERS, ClassifierGuidance, PerSampleNoise, ddim_sample, ddpm_sample
 
 MU, STD = 0.3, 0.5  # the data distribution of the oracle test: N(MU, STD^2) in every dimension
+
+
+def process(schedule: str, var_type: str = "learned_range") -> GaussianDiffusion:
+    """A 1000-step eps-predicting process of ``schedule`` (as conf/diffusion/<schedule>.yaml builds it)."""
+    return GaussianDiffusion.from_schedule(
+        schedule,
+        1000,
+        mean_type="epsilon",
+        var_type=var_type,
+        loss_type="rescaled_mse",
+        rescale_timesteps=False,
+    )
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -38,16 +50,16 @@ def gaussian_oracle(diffusion: GaussianDiffusion):
 
 
 @pytest.mark.parametrize(
-    ("sampler", "sigma_small", "options"),
+    ("sampler", "var_type", "options"),
     [
-        (ddpm_sample, False, {}),
-        (ddpm_sample, True, {}),
-        (ddim_sample, False, {"eta": 0.0}),
-        (ddim_sample, False, {"eta": 1.0}),
+        (ddpm_sample, "fixed_large", {}),
+        (ddpm_sample, "fixed_small", {}),
+        (ddim_sample, "fixed_large", {"eta": 0.0}),
+        (ddim_sample, "fixed_large", {"eta": 1.0}),
     ],
 )
-def test_oracle_recovers_gaussian_data(sampler, sigma_small, options):
-    d = create_diffusion(steps=1000, noise_schedule="cosine", learn_sigma=False, sigma_small=sigma_small)
+def test_oracle_recovers_gaussian_data(sampler, var_type, options):
+    d = process("cosine", var_type)
     x_T = PerSampleNoise(range(4000)).initial((1, 2, 2))
     x_0 = sampler(gaussian_oracle(d), d, x_T, clip_denoised=False, steps=250, **options)
     assert abs(x_0.mean().item() - MU) < 0.015
@@ -107,7 +119,7 @@ def test_guidance_gradient_matches_finite_differences():
 
 @pytest.mark.parametrize("sampler", [ddpm_sample, ddim_sample])
 def test_scale_zero_is_unguided_bit_for_bit(sampler):
-    d = create_diffusion(steps=1000, noise_schedule="linear", learn_sigma=True)
+    d = process("linear")
     classifier = TinyClassifier(3 * 4 * 4)
     y = torch.tensor([0, 3])
     x_T = PerSampleNoise([1, 2]).initial((3, 4, 4))
@@ -132,7 +144,7 @@ def test_scale_zero_is_unguided_bit_for_bit(sampler):
 
 @pytest.mark.parametrize(("sampler", "options"), [(ddpm_sample, {}), (ddim_sample, {"eta": 0.7})])
 def test_per_sample_seeds_are_batch_and_split_independent(sampler, options):
-    d = create_diffusion(steps=1000, noise_schedule="cosine", learn_sigma=True)
+    d = process("cosine")
     seeds = [11, 12, 13, 14]
     y = torch.tensor([1, 2, 3, 4])
 
@@ -156,7 +168,7 @@ def test_per_sample_seeds_are_batch_and_split_independent(sampler, options):
 
 def test_ddim_eta_one_is_ancestral_sampling_with_posterior_variance():
     """DDIM with eta = 1 (sigma_t^2 = beta_tilde_t, the posterior mean) is DDPM with fixed small variance."""
-    d = create_diffusion(steps=1000, noise_schedule="linear", learn_sigma=False, sigma_small=True)
+    d = process("linear", "fixed_small")
     x_T = PerSampleNoise([3, 4]).initial((1, 2, 2))
 
     def model(x, t):
@@ -168,7 +180,7 @@ def test_ddim_eta_one_is_ancestral_sampling_with_posterior_variance():
 
 
 def test_ddim_eta_zero_is_deterministic():
-    d = create_diffusion(steps=1000, noise_schedule="linear", learn_sigma=True)
+    d = process("linear")
     x_T = PerSampleNoise([1]).initial((3, 4, 4))
     a = ddim_sample(PointwiseNet(), d, x_T, noise=PerSampleNoise([1]), steps=5)
     b = ddim_sample(PointwiseNet(), d, x_T, noise=PerSampleNoise([2]), steps=5)
@@ -180,7 +192,7 @@ def test_ddim_eta_zero_is_deterministic():
 @pytest.mark.parametrize("name", ["ddpm", "ddim"])
 def test_callback_progress_and_steps_option(name, capsys):
     sampler = SAMPLERS[name]
-    d = create_diffusion(steps=1000, noise_schedule="cosine", learn_sigma=True)
+    d = process("cosine")
     x_T = PerSampleNoise([0, 1]).initial((3, 4, 4))
     seen = []
     out = sampler(
@@ -188,7 +200,8 @@ def test_callback_progress_and_steps_option(name, capsys):
         d,
         x_T,
         noise=PerSampleNoise([2, 3]),
-        steps="ddim10",
+        steps=10,
+        spacing="strided",
         callback=seen.append,
         progress=True,
     )
@@ -198,10 +211,19 @@ def test_callback_progress_and_steps_option(name, capsys):
     assert all(s["pred_x0"].shape == x_T.shape for s in seen)
     assert "10/10" in capsys.readouterr().err  # the progress bar
     # steps= is the same as sampling the respaced process.
-    same = sampler(PointwiseNet(), d.respace("ddim10"), x_T, noise=PerSampleNoise([2, 3]))
+    same = sampler(PointwiseNet(), d.respace(Spacing.strided(10)), x_T, noise=PerSampleNoise([2, 3]))
     assert torch.equal(same, out)
+    assert seen[0]["t"] == 9 and d.respace(Spacing.strided(10)).timestep_map[-1] == 900  # 0, 100, ..., 900
     with pytest.raises(ValueError, match="integer stride"):
-        sampler(PointwiseNet(), d, x_T, steps="ddim7000")
+        sampler(PointwiseNet(), d, x_T, steps=700, spacing="strided")
+    with pytest.raises(ValueError, match="steps=N spacing='strided'"):
+        sampler(PointwiseNet(), d, x_T, steps="ddim10")
+    with pytest.raises(ValueError, match="choose one of: even, strided, sections"):
+        sampler(PointwiseNet(), d, x_T, steps=10, spacing="ddim")
+    # Per-section counts and a ready Spacing are the same option.
+    sections = sampler(PointwiseNet(), d, x_T, noise=PerSampleNoise([2, 3]), steps=[3, 2], spacing="sections")
+    ready = sampler(PointwiseNet(), d, x_T, noise=PerSampleNoise([2, 3]), steps=Spacing.sections(3, 2))
+    assert torch.equal(sections, ready)
 
 
 def test_facade_loops_return_the_last_progressive_sample():

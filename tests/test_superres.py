@@ -11,33 +11,40 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from adm.config import build_network, load_preset
 from adm.data import MNIST5kDataModule, downsample_area
-from adm.diffusion import create_diffusion
+from adm.diffusion import GaussianDiffusion, UniformSampler
 from adm.io.checkpoint import load_checkpoint
+from adm.io.samples import BaseSamples, from_uint8
+from adm.lit.diffusion import DiffusionModule
 from adm.lit.superres import SuperResModule
 from adm.nn import SuperResUNet, UNet
-from adm.presets import build_network, load_preset
+from adm.pipeline import sample_two_stage, upsample
 from adm.recipes.train import train_superres as train
-from adm.recipes.upsample import load_upsampler
+from adm.recipes.upsample import UpsampleDrawer, load_upsampler
 from adm.recipes.upsample import upsample as upsample_script
-from adm.sampling import ClassifierGuidance, ddim_sample, ddpm_sample
-from adm.sampling.runner import LabelPlan, sample_seed
-from adm.sampling.two_stage import (
-    BaseSamples,
-    UpsampleDrawer,
-    from_uint8,
-    sample_two_stage,
-    upsample,
+from adm.sampling import (
+    ClassifierGuidance,
+    LabelPlan,
+    ddim_sample,
+    ddpm_sample,
+    sample_seed,
     upsample_seed,
 )
 
 REPO = Path(__file__).resolve().parents[1]
 
 # 16 px digits from 8 px inputs, 8 images per step: seconds on a CPU.
-TINY = ["experiment=sr_mnist", "model=adm_sr_tiny", "data.image_size=16", "low_res_size=8", "batch_size=8"]
+TINY = [
+    "experiment=sr_mnist",
+    "model=adm_sr_tiny",
+    "data.image_size=16",
+    "model.low_res_size=8",
+    "batch_size=8",
+]
 
 
 def compose_cfg(config_name: str, overrides: list[str]) -> DictConfig:
@@ -74,6 +81,8 @@ def trained_sr(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "trainer.max_steps=2",
             "trainer.log_every_n_steps=1",
             "callbacks.ema.rates=[0.9]",
+            "callbacks.sample_grid.num_samples=4",
+            "callbacks.sample_grid.sampler.steps=2",
             f"paths.output_dir={out}",
         ],
     )
@@ -85,7 +94,7 @@ def trained_sr(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_training_step_tiny_config(trained_sr: Path):
     ckpt = torch.load(trained_sr / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     config = ckpt["adm_config"]
-    assert config["low_res_size"] == 8
+    assert "low_res_size" not in config and config["model"]["low_res_size"] == 8
     assert config["model"]["_target_"] == "adm.nn.SuperResUNet"
     assert (
         config["model"]["image_size"],
@@ -97,58 +106,104 @@ def test_training_step_tiny_config(trained_sr: Path):
         10,
     )
     assert ckpt["adm_ema"]["rates"] == [0.9]
+    assert [p.name for p in (trained_sr / "samples").glob("*.png")] == ["step_0000002.png"]  # upsampled grid
     header = next(trained_sr.glob("csv/version_*/metrics.csv")).read_text().splitlines()[0].split(",")
     assert {"train/loss", "train/loss_mse", "train/loss_vb"} <= set(header)
 
     loaded = load_checkpoint(trained_sr / "checkpoints" / "last.ckpt")  # EMA weights, rebuilt from the file
     assert isinstance(loaded.unet, SuperResUNet) and loaded.weights == "ema_0.9"
+    assert loaded.unet.low_res_size == 8
     raw = load_checkpoint(ckpt_path(trained_sr), ema=False).unet.state_dict()
     assert any(not torch.equal(v, raw[k]) for k, v in loaded.unet.state_dict().items())
 
 
-def test_training_pairs_are_area_means():
-    """The network is trained on low_res = mean of each 2x2 block of x_0 (OpenAI's area resize)."""
+def tiny_upsampler(**kwargs) -> SuperResUNet:
+    """adm_sr_tiny at 16 px for 1-channel images (its preset low_res_size: 8)."""
     cfg = {k: v for k, v in load_preset("adm_sr_tiny").items() if k != "diffusion"}
-    unet = build_network({**cfg, "image_size": 16, "in_channels": 1})
-    diffusion = create_diffusion(steps=1000, noise_schedule="cosine", learn_sigma=True)
-    from adm.diffusion import UniformSampler
+    return build_network({**cfg, "image_size": 16, "in_channels": 1, **kwargs})
 
-    module = SuperResModule(
+
+def module_for(unet: nn.Module, cls: type = SuperResModule, **kwargs) -> DiffusionModule:
+    diffusion = GaussianDiffusion.from_schedule(
+        "cosine",
+        1000,
+        mean_type="epsilon",
+        var_type="learned_range",
+        loss_type="rescaled_mse",
+        rescale_timesteps=False,
+    )
+    return cls(
         unet=unet,
         diffusion=diffusion,
-        low_res_size=8,
         timestep_sampler=UniformSampler(diffusion),
         optimizer=functools.partial(torch.optim.AdamW, lr=1e-4),
-        config={"model": {}, "diffusion": {}, "data": {}},
+        **kwargs,
     )
-    assert module.adm_config["low_res_size"] == 8
+
+
+def test_training_pairs_are_area_means():
+    """The network is trained on low_res = mean of each 2x2 block of x_0 (OpenAI's area resize)."""
+    unet = tiny_upsampler()
+    module = module_for(unet, config={"model": {}, "diffusion": {}, "data": {}})
+    assert module.low_res_size == 8 and module.adm_config["model"]["low_res_size"] == 8
     seen = {}
     unet.register_forward_pre_hook(lambda m, args, kwargs: seen.update(kwargs), with_kwargs=True)
     x_0 = torch.rand(4, 1, 16, 16) * 2 - 1
     y = torch.tensor([0, 3, 5, 9])
+    state_before = dict(vars(module))
     loss = module.training_step((x_0, y), 0)
     assert torch.isfinite(loss)
     block_means = x_0.reshape(4, 1, 8, 2, 8, 2).mean(dim=(3, 5))
     torch.testing.assert_close(seen["low_res"], block_means, rtol=0, atol=1e-6)
     assert torch.equal(seen["y"], y)
-    assert module._batch_low_res is None
+    # The conditioning reaches the network as arguments: the step leaves nothing behind on the module.
+    assert vars(module).keys() == state_before.keys()
+    assert all(vars(module)[k] is v for k, v in state_before.items())
 
+
+def test_model_kwargs_give_the_network_its_conditioning():
+    x_0, y = torch.rand(4, 1, 16, 16) * 2 - 1, torch.tensor([0, 3, 5, 9])
+    sr = module_for(tiny_upsampler())
+    kwargs = sr.model_kwargs((x_0, y))
+    assert kwargs.keys() == {"y", "low_res"} and sr.conditions_on_images
+    assert torch.equal(kwargs["y"], y) and kwargs["low_res"].shape == (4, 1, 8, 8)
+    torch.testing.assert_close(kwargs["low_res"], downsample_area(x_0, 8), rtol=0, atol=0)
+    # The module's forward takes the same conditioning and gives the network's output.
+    t = torch.tensor([0, 10, 500, 999])
+    with torch.no_grad():
+        direct = sr.unet(torch.zeros_like(x_0), sr.diffusion.model_timesteps(t), **kwargs)
+        torch.testing.assert_close(sr(torch.zeros_like(x_0), t, **kwargs), direct, rtol=0, atol=0)
+
+    uncond_sr = module_for(tiny_upsampler(num_classes=None, low_res_size=4))
+    kwargs = uncond_sr.model_kwargs((x_0, y))
+    assert kwargs.keys() == {"low_res"} and kwargs["low_res"].shape == (4, 1, 4, 4)
+
+    base_cfg = {k: v for k, v in load_preset("adm_u_tiny").items() if k != "diffusion"}
+    base = module_for(build_network({**base_cfg, "image_size": 16, "in_channels": 1}), DiffusionModule)
+    kwargs = base.model_kwargs((x_0, y))
+    assert kwargs.keys() == {"y"} and torch.equal(kwargs["y"], y) and not base.conditions_on_images
+    uncond = build_network({**base_cfg, "image_size": 16, "in_channels": 1, "num_classes": None})
+    assert module_for(uncond, DiffusionModule).model_kwargs((x_0, y)) == {}
+
+
+def test_upsampler_module_refuses_what_it_cannot_train():
     with pytest.raises(ValueError, match="upsampler"):
-        SuperResModule(
-            unet=build_network("adm_u_tiny"),
-            diffusion=diffusion,
-            low_res_size=8,
-            timestep_sampler=UniformSampler(diffusion),
-            optimizer=functools.partial(torch.optim.AdamW, lr=1e-4),
-        )
-    with pytest.raises(ValueError, match="low_res_size"):
-        SuperResModule(
-            unet=unet,
-            diffusion=diffusion,
-            low_res_size=16,
-            timestep_sampler=UniformSampler(diffusion),
-            optimizer=functools.partial(torch.optim.AdamW, lr=1e-4),
-        )
+        module_for(build_network("adm_u_tiny"))
+    with pytest.raises(ValueError, match="model.low_res_size"):
+        module_for(tiny_upsampler(low_res_size=None))
+    with pytest.raises(ValueError, match="built with low_res_size=8"):
+        module_for(tiny_upsampler(), config={"model": {"low_res_size": 4}, "diffusion": {}, "data": {}})
+    for bad in (16, 0, 8.5, "8", True):
+        with pytest.raises(ValueError, match=r"low_res_size=.* must be an int between 1 and .* 16"):
+            tiny_upsampler(low_res_size=bad)
+
+
+def test_low_res_size_is_no_weight():
+    """The low-res side is an attribute: the state dict (OpenAI's keys) is the same with or without it."""
+    with_size, without = tiny_upsampler(), tiny_upsampler(low_res_size=None)
+    assert with_size.state_dict().keys() == without.state_dict().keys()
+    assert with_size.low_res_size == 8 and without.low_res_size is None
+    without.load_state_dict(with_size.state_dict(), strict=True)
 
 
 # --- conditioning -------------------------------------------------------------------------------------------
@@ -181,7 +236,14 @@ def test_output_follows_its_own_low_res(tmp_path: Path):
     images = ((low + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     labels = np.array([3, 1, 4, 1, 5, 9])
     base = BaseSamples.load(write_npz(tmp_path / "base.npz", images, labels))
-    diffusion = create_diffusion(steps=1000, noise_schedule="linear", learn_sigma=True)
+    diffusion = GaussianDiffusion.from_schedule(
+        "linear",
+        1000,
+        mean_type="epsilon",
+        var_type="learned_range",
+        loss_type="rescaled_mse",
+        rescale_timesteps=False,
+    )
     oracle = OracleUpsampler(diffusion.alphas_cumprod, channels=1, image_size=16, num_classes=10)
     drawer = UpsampleDrawer(
         unet=oracle,
@@ -226,7 +288,14 @@ def test_upsample_noise_is_per_sample():
     unet = build_network({**cfg, "image_size": 16, "in_channels": 1})
     for p in unet.out.parameters():  # the zero-initialised head would make every output identical
         nn.init.normal_(p, std=0.05)
-    diffusion = create_diffusion(steps=1000, noise_schedule="cosine", learn_sigma=True)
+    diffusion = GaussianDiffusion.from_schedule(
+        "cosine",
+        1000,
+        mean_type="epsilon",
+        var_type="learned_range",
+        loss_type="rescaled_mse",
+        rescale_timesteps=False,
+    )
     sampler = functools.partial(ddpm_sample, steps=3)
     low_res = torch.rand(4, 1, 8, 8) * 2 - 1
     y = torch.tensor([1, 2, 3, 4])
@@ -320,7 +389,14 @@ def test_two_stage_in_one_call():
     torch.manual_seed(0)
     base_unet, sr = tiny("adm_u_tiny", image_size=8), tiny("adm_sr_tiny", image_size=16)
     classifier = tiny("adm_cls_tiny", image_size=8)
-    diffusion = create_diffusion(steps=1000, noise_schedule="cosine", learn_sigma=True)
+    diffusion = GaussianDiffusion.from_schedule(
+        "cosine",
+        1000,
+        mean_type="epsilon",
+        var_type="learned_range",
+        loss_type="rescaled_mse",
+        rescale_timesteps=False,
+    )
     sampler = functools.partial(ddpm_sample, steps=3)
     run = functools.partial(
         sample_two_stage,
@@ -412,25 +488,30 @@ def test_base_then_upsample_on_cpu(trained_sr: Path, tmp_path: Path):
 
 
 # --- OpenAI-shaped weights ----------------------------------------------------------------------------------
+# adm_sr_tiny with the golden network's settings: 16 -> 32 px RGB, attention at 32/2 and 32/4 px, 1000
+# classes, 4 heads.
+GOLDEN_SR = [
+    "model=adm_sr_tiny",
+    "diffusion=linear",
+    "model.image_size=32",
+    "model.in_channels=3",
+    "model.attention_resolutions=[16,8]",
+    "model.num_classes=1000",
+    "model.num_heads=4",
+    "model.num_head_channels=-1",
+    "model.use_new_attention_order=false",
+    "model.low_res_size=16",
+]
+
+
 def test_openai_upsampler_weights_reproduce_golden(golden_dir: Path, rel_error):
     """OpenAI's SuperResModel state dict (golden superres_cond), loaded as openai_ckpt=... model=<preset>."""
     case = golden_dir / "superres_cond"
     tensors = torch.load(case / "tensors.pt", weights_only=True)
-    # adm_sr_tiny with the golden network's settings (attention at 32/2 and 32/4 px, 1000 classes, 4 heads)
-    overrides = [
-        f"openai_ckpt={case / 'state_dict.pt'}",
-        "model=adm_sr_tiny",
-        "diffusion=linear",
-        "model.attention_resolutions=[16,8]",
-        "model.num_classes=1000",
-        "model.num_heads=4",
-        "model.num_head_channels=-1",
-        "model.use_new_attention_order=false",
-        "paths.output_dir=unused",
-    ]
+    overrides = [f"openai_ckpt={case / 'state_dict.pt'}", *GOLDEN_SR, "paths.output_dir=unused"]
     cfg = compose_cfg("upsample", overrides)
     loaded, low_res_size = load_upsampler(cfg)
-    assert isinstance(loaded.network, SuperResUNet) and low_res_size is None
+    assert isinstance(loaded.network, SuperResUNet) and low_res_size == loaded.network.low_res_size == 16
     assert loaded.fingerprint["weights"] == "openai" and loaded.diffusion.num_timesteps == 1000
     with torch.no_grad():
         out = loaded.network(tensors["x"], tensors["timesteps"], low_res=tensors["low_res"], y=tensors["y"])
@@ -445,8 +526,78 @@ def test_paper_presets_compose():
     for name, large, diffusion in [("adm_sr_64_256", 256, "linear"), ("adm_sr_128_512", 512, "linear")]:
         cfg = compose_cfg("upsample", ["openai_ckpt=x.pt", f"model={name}", "paths.output_dir=unused"])
         assert cfg.model._target_ == "adm.nn.SuperResUNet" and cfg.model.image_size == large
-        assert cfg.diffusion.noise_schedule == diffusion
+        assert cfg.diffusion.schedule == diffusion
     for exp, small, large in [("sr_64_256", 64, 256), ("sr_128_512", 128, 512), ("sr_mnist", 14, 28)]:
         cfg = compose_cfg("train_superres", [f"experiment={exp}", "paths.output_dir=unused"])
-        assert (cfg.low_res_size, cfg.model.image_size, cfg.data.image_size) == (small, large, large)
-        assert cfg.callbacks.get("sample_grid") is None
+        assert (cfg.model.low_res_size, cfg.model.image_size, cfg.data.image_size) == (small, large, large)
+        assert "low_res_size" not in cfg
+        assert cfg.callbacks.sample_grid is not None  # the grid upsamples held-out real images
+
+
+def test_openai_presets_know_their_low_res_size():
+    """OpenAI's upsamplers, as presets and as OpenAI's factory builds them from the README flags."""
+    from adm.compat.models import sr_create_model
+
+    readme = {
+        "adm_sr_64_256": (256, 64, "32,16,8", 4, -1),
+        "adm_sr_128_512": (512, 128, "32,16", 4, 64),
+    }
+    for name, (large, small, attention, heads, head_channels) in readme.items():
+        cfg = compose_cfg("upsample", ["openai_ckpt=x.pt", f"model={name}", "paths.output_dir=unused"])
+        with torch.device("meta"):
+            preset = build_network(OmegaConf.to_container(cfg.model, resolve=True))
+            factory = sr_create_model(
+                large,
+                small,
+                192,
+                2,
+                True,
+                True,
+                False,
+                attention,
+                heads,
+                head_channels,
+                -1,
+                True,
+                0.0,
+                True,
+                True,
+            )
+        assert preset.low_res_size == factory.low_res_size == small, name
+        assert preset.state_dict().keys() == factory.state_dict().keys()
+    with pytest.raises(ValueError, match="low_res_size=64 must be an int between 1 and .* 64"):
+        sr_create_model(64, 64, 32, 1, True, False, False, "16", 1, -1, -1, True, 0.0, True, False)
+
+
+def test_old_checkpoints_with_a_top_level_low_res_size_load(trained_sr: Path, tmp_path: Path):
+    """Upsampler checkpoints that kept low_res_size next to the model section (not in it) still load."""
+    ckpt = torch.load(ckpt_path(trained_sr), map_location="cpu", weights_only=True)
+    ckpt["adm_config"]["low_res_size"] = ckpt["adm_config"]["model"].pop("low_res_size")
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    assert load_checkpoint(old).unet.low_res_size == 8
+    cfg = compose_cfg("upsample", [f"ckpt={old}", "paths.output_dir=unused"])
+    loaded, low_res_size = load_upsampler(cfg)
+    assert low_res_size == loaded.network.low_res_size == 8
+    torch.testing.assert_close(
+        loaded.network.state_dict(), load_checkpoint(ckpt_path(trained_sr)).unet.state_dict()
+    )
+
+
+def test_upsampling_refuses_base_images_of_the_wrong_size(golden_dir: Path, tmp_path: Path):
+    """OpenAI weights with their preset: base images must have the preset's low_res_size."""
+    overrides = [
+        f"openai_ckpt={golden_dir / 'superres_cond' / 'state_dict.pt'}",
+        *GOLDEN_SR,
+        "sampler.steps=2",
+        "progress=false",
+        "trainer.accelerator=cpu",
+    ]
+    images = np.zeros((2, 8, 8, 3), dtype=np.uint8)  # 8 px base images for a 16 -> 32 upsampler
+    base = write_npz(tmp_path / "base.npz", images, np.array([1, 2]))
+    out = tmp_path / "out"
+    cfg = compose_cfg(
+        "upsample", [*overrides, f"base_samples={base}", f"out_dir={out}", f"paths.output_dir={out}"]
+    )
+    with pytest.raises(ValueError, match="8x8 but this upsampler was trained on 16 px"):
+        upsample_script(cfg)

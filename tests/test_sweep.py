@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from adm.metrics import DomainClassifier
-from adm.sweep import SweepSummary
+from adm.recipes.sweep import SweepSummary, format_summary
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,11 +68,27 @@ def test_summary_table_and_plot(tmp_path):
     assert (bare / "summary.png").is_file() and len(_rows(bare / "summary.csv")) == 2
 
 
+def test_summary_as_text():
+    rows = [
+        {"guidance_scale": 0.0, "fid": 5.0, "precision": 0.6, "recall": None, "accuracy": 0.5},
+        {"guidance_scale": 2.5, "fid": float("nan"), "precision": 0.75, "recall": 0.25, "accuracy": 0.875},
+        {"label": "real digits", "fid": 0.5, "precision": 1.0, "recall": 1.0, "accuracy": 1.0},
+    ]
+    lines = format_summary(rows).splitlines()
+    # only the scores some row has, in the summary's column order; '-' where a row has none (or NaN)
+    assert lines[0].split() == ["guidance", "scale", "fid", "precision", "recall", "accuracy"]
+    assert set(lines[1]) == {"-"} and len(lines[1]) == len(lines[0])
+    assert lines[2].split() == ["0", "5.000", "0.600", "-", "0.500"]
+    assert lines[3].split() == ["2.5", "-", "0.750", "0.250", "0.875"]
+    assert lines[4].split() == ["real", "digits", "0.500", "1.000", "1.000", "1.000"]
+    assert len({len(line) for line in lines}) == 1  # columns line up
+
+
 def test_sweep_config_composes():
     with initialize_config_dir(config_dir=str(REPO / "adm" / "conf"), version_base="1.3"):
         cfg = compose("sample", overrides=["sweep=guidance_scale"], return_hydra_config=True)
     assert cfg.hydra.sweeper.params["guidance.scale"] == "0,0.5,1,2,4,10"
-    assert cfg.hydra.callbacks.sweep_summary._target_ == "adm.sweep.SweepSummary"
+    assert cfg.hydra.callbacks.sweep_summary._target_ == "adm.recipes.sweep.SweepSummary"
 
 
 def test_multirun_over_guidance_scales(tmp_path):

@@ -54,7 +54,7 @@ def test_smoke_diffusion(tmp_path: Path):
     assert ckpt["global_step"] == 4
     assert ckpt["adm_config"]["model"]["num_classes"] == 10
     assert ckpt["adm_config"]["model"]["image_size"] == 8
-    assert ckpt["adm_config"]["diffusion"]["learn_sigma"] is True
+    assert ckpt["adm_config"]["diffusion"]["var_type"] == "learned_range"  # from the model's learn_sigma
     assert ckpt["adm_ema"]["rates"] == [0.999, 0.9]
 
     header = metrics_header(tmp_path)
@@ -106,88 +106,6 @@ def test_smoke_classifier(tmp_path: Path):
     assert ckpt.config["classifier"]["out_channels"] == 10
 
 
-def _same(a, b, where: str = "") -> None:
-    """Bit-exact equality of nested checkpoint contents."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert set(a) == set(b), f"{where}: {set(a) ^ set(b)}"
-        for k in a:
-            _same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
-
-
-def test_resume_is_bit_exact(tmp_path: Path):
-    """5 steps straight == 2 steps (an epoch end) -> resume to 3 (mid-epoch) -> resume to 5."""
-    common = [
-        "experiment=smoke",
-        *FAST,
-        "data.val_fraction=0.9984",  # 8 training digits: 2 batches per epoch
-        "diffusion.steps=4",  # the loss-aware sampler warms up within the run
-        "timestep_sampler._target_=adm.diffusion.LossSecondMomentSampler",
-        "+timestep_sampler.history_per_term=2",
-        "callbacks.last_checkpoint.every_n_train_steps=1",
-        "callbacks.model_checkpoint=null",
-        "callbacks.sample_grid.sampler.steps=2",
-        "model.dropout=0.1",  # dropout draws from the random streams too
-    ]
-    straight, legs = tmp_path / "straight", tmp_path / "legs"
-    train(compose_cfg("train", [*common, "trainer.max_steps=5"], straight))
-    train(compose_cfg("train", [*common, "trainer.max_steps=2"], legs))
-    train(compose_cfg("train", [*common, "trainer.max_steps=3", "ckpt_path=last"], legs))
-    train(compose_cfg("train", [*common, "trainer.max_steps=5", "ckpt_path=last"], legs))
-
-    a, b = read_ckpt(straight / "checkpoints" / "last.ckpt"), read_ckpt(legs / "checkpoints" / "last.ckpt")
-    assert a["global_step"] == b["global_step"] == 5
-    assert a["timestep_sampler"]["loss_counts"].min() == 2  # the importance sampler was active
-    for key in [
-        "state_dict",
-        "current_model_state",
-        "optimizer_states",
-        "lr_schedulers",
-        "adm_ema",
-        "averaging_state",
-        "timestep_sampler",
-        "rng_states",
-        "adm_config",
-    ]:
-        _same(a[key], b[key], key)
-    _same(a["callbacks"]["EMA"], b["callbacks"]["EMA"], "EMA state")
-    _same(a["loops"]["fit_loop"]["state_dict"], b["loops"]["fit_loop"]["state_dict"], "train loader position")
-    assert not torch.equal(
-        a["state_dict"]["unet.out.2.weight"], a["current_model_state"]["unet.out.2.weight"]
-    )
-
-
-def test_classifier_resume_with_validation_is_bit_exact(tmp_path: Path):
-    """3 steps straight == 2 steps, validation, resume to 3: validation must not move the training streams."""
-    common = [
-        "experiment=smoke_classifier",
-        *FAST_CLS,
-        "lr_schedule=constant",
-        "data.val_fraction=0.05",
-        "trainer.val_check_interval=2",
-        "trainer.limit_val_batches=1",
-        "callbacks.last_checkpoint.every_n_train_steps=1",
-        "callbacks.model_checkpoint=null",
-    ]
-    straight, legs = tmp_path / "straight", tmp_path / "legs"
-    train_classifier(compose_cfg("train_classifier", [*common, "trainer.max_steps=3"], straight))
-    train_classifier(compose_cfg("train_classifier", [*common, "trainer.max_steps=2"], legs))
-    train_classifier(
-        compose_cfg("train_classifier", [*common, "trainer.max_steps=3", "ckpt_path=last"], legs)
-    )
-    a, b = read_ckpt(straight / "checkpoints" / "last.ckpt"), read_ckpt(legs / "checkpoints" / "last.ckpt")
-    assert a["global_step"] == b["global_step"] == 3
-    for key in ["state_dict", "optimizer_states", "lr_schedulers", "rng_states"]:
-        _same(a[key], b[key], key)
-
-
 def test_bad_inputs(tmp_path: Path):
     with pytest.raises(ValueError, match="not divisible"):
         train(
@@ -197,11 +115,16 @@ def test_bad_inputs(tmp_path: Path):
                 tmp_path / "a",
             )
         )
-    with pytest.raises(FileNotFoundError, match="does-not-exist"):
+    with pytest.raises(FileNotFoundError, match="no-such-dir"):
         train(
             compose_cfg(
                 "train",
-                ["experiment=smoke", "data=imagefolder", f"data.path={tmp_path}/does-not-exist"],
+                [
+                    "experiment=smoke",
+                    "data=imagefolder",
+                    "data.num_classes=2",
+                    f"data.path={tmp_path}/no-such-dir",
+                ],
                 tmp_path / "b",
             )
         )
@@ -213,9 +136,7 @@ def test_bad_inputs(tmp_path: Path):
         )
     with pytest.raises(ValueError, match="unconditional"):
         train_classifier(
-            compose_cfg(
-                "train_classifier", ["experiment=smoke_classifier", "data.class_cond=false"], tmp_path / "d"
-            )
+            compose_cfg("train_classifier", ["experiment=smoke", "data.num_classes=null"], tmp_path / "d")
         )
 
 

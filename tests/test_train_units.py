@@ -1,5 +1,5 @@
 """Unit tests of the training pieces: EMA maths, lr schedules, batch split, atomic writes, checkpoint loading,
-the resumable loader, and the experiment configs."""
+and the experiment configs (resume: tests/test_resume.py)."""
 
 from __future__ import annotations
 
@@ -14,14 +14,13 @@ import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from adm.callbacks import EMA, ema_decay
-from adm.io.checkpoint import atomic_torch_save, check_plain, load_checkpoint
+from adm.io.checkpoint import check_plain, load_checkpoint
+from adm.io.files import atomic_torch_save
 from adm.io.safe_load import safe_torch_load
 from adm.lit.common import per_device_batch_size
 from adm.lit.optim import WarmupLinearAnneal, warmup_linear_anneal
-from adm.lit.resume import capture_rng_state, make_resumable, restore_rng_state
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -215,62 +214,30 @@ def test_load_checkpoint_rejects_foreign_corrupt_and_unsafe_files(tmp_path: Path
         check_plain({"cfg": object()})
 
 
-# --- resumable loader and random streams --------------------------------------------------------------------
-def test_resumable_loader_shards_and_resumes_mid_epoch():
-    data = TensorDataset(torch.arange(20))
-    loaders = [
-        make_resumable(DataLoader(data, batch_size=2, shuffle=True), seed=3, rank=r, world_size=2)
-        for r in (0, 1)
-    ]
-    epoch = [[b[0].tolist() for b in loader] for loader in loaders]
-    seen = sorted(i for shard in epoch for batch in shard for i in batch)
-    assert seen == list(range(20)) and len(epoch[0]) == len(loaders[0]) == 5  # disjoint shards cover the data
-
-    loader = loaders[0]
-    loader.sampler.set_epoch(1)
-    it = iter(loader)
-    first = [next(it)[0].tolist() for _ in range(2)]
-    state = loader.state_dict()
-    assert state == {"epoch": 1, "consumed": 2}
-    rest = [b[0].tolist() for b in it]
-
-    resumed = make_resumable(DataLoader(data, batch_size=2, shuffle=True), seed=3, rank=0, world_size=2)
-    resumed.load_state_dict(state)
-    assert [b[0].tolist() for b in resumed] == rest  # continues with the very next batch
-    assert first + rest != epoch[0]  # and epochs are shuffled differently
-
-    resumed.load_state_dict({"epoch": 1, "consumed": 5})  # saved on the last batch: next epoch from its start
-    assert resumed.sampler.epoch == 2 and len([b for b in resumed]) == 5
-
-
-def test_rng_state_round_trip():
-    state = capture_rng_state()
-    check_plain(state)
-    a = (torch.rand(3), __import__("numpy").random.rand(2).tolist(), __import__("random").random())
-    restore_rng_state(state)
-    b = (torch.rand(3), __import__("numpy").random.rand(2).tolist(), __import__("random").random())
-    assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
-
-
 # --- experiment configs -------------------------------------------------------------------------------------
+CONF = REPO / "adm" / "conf"
+SCRIPTS = ("train", "train_classifier", "train_superres")
+
+
 def _compose(name: str, overrides: list[str]):
-    with initialize_config_dir(config_dir=str(REPO / "adm" / "conf"), version_base="1.3"):
-        return compose(name, overrides=[*overrides, "paths.output_dir=/tmp/unused"])
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(name, overrides=[*overrides, "paths.output_dir=/tmp/unused"], return_hydra_config=True)
 
 
 def test_paper_experiments_compose():
     cfg = _compose("train", ["experiment=adm_u_64_imagenet"])
     assert (cfg.batch_size, cfg.optimizer.lr, cfg.model.dropout) == (2048, 3e-4, 0.1)
-    assert list(cfg.callbacks.ema.rates) == [0.9999] and cfg.diffusion.noise_schedule == "cosine"
+    assert list(cfg.callbacks.ema.rates) == [0.9999] and cfg.hydra.runtime.choices.diffusion == "cosine"
     assert cfg.model._target_ == "adm.nn.UNet" and cfg.trainer.strategy == "ddp"
+    assert (cfg.model.image_size, cfg.model.in_channels, cfg.model.num_classes) == (64, 3, 1000)
     cfg = _compose("train", ["experiment=adm_u_256_imagenet"])
-    assert (cfg.batch_size, cfg.optimizer.lr, cfg.diffusion.noise_schedule) == (256, 1e-4, "linear")
+    assert (cfg.batch_size, cfg.optimizer.lr, cfg.hydra.runtime.choices.diffusion) == (256, 1e-4, "linear")
 
     cfg = _compose("train_classifier", ["experiment=classifier_imagenet128"])
     assert (cfg.batch_size, cfg.optimizer.lr, cfg.optimizer.weight_decay) == (256, 3e-4, 0.05)
     assert cfg.trainer.max_steps == cfg.lr_schedule.anneal_steps == 300000
-    assert cfg.data.random_crop and cfg.diffusion.noise_schedule == "linear"
-    assert cfg.classifier.image_size == 128
+    assert cfg.data.random_crop and cfg.hydra.runtime.choices.diffusion == "linear"
+    assert (cfg.classifier.image_size, cfg.classifier.out_channels) == (128, 1000)
 
     for name in (
         "adm_u_128_imagenet",
@@ -283,10 +250,90 @@ def test_paper_experiments_compose():
         assert _compose("train_classifier", [f"experiment={name}"]).task_name == name
 
 
-def test_training_configs_take_classes_from_the_data():
+def _experiments(script: str) -> set[str]:
+    return {p.stem for p in (CONF / "experiments" / script / "experiment").glob("*.yaml")}
+
+
+def test_each_training_script_has_its_own_experiments():
+    from hydra.errors import MissingConfigException
+
+    assert {"smoke", "demo_diffusion", "adm_u_64_imagenet"} <= _experiments("train")
+    assert {"smoke", "demo_classifier", "classifier_imagenet64"} <= _experiments("train_classifier")
+    assert {"sr_mnist", "sr_64_256", "sr_128_512"} <= _experiments("train_superres")
+    assert not (CONF / "experiment").exists()  # no shared group the scripts could confuse
+
+    diffusion = _compose("train", ["experiment=smoke"])
+    assert diffusion.task_name == "smoke" and "model" in diffusion and "classifier" not in diffusion
+    classifier = _compose("train_classifier", ["experiment=smoke"])
+    assert classifier.task_name == "smoke_classifier"
+    assert "classifier" in classifier and "model" not in classifier
+    assert classifier.hydra.runtime.choices.classifier == "adm_cls_tiny" and classifier.trainer.max_steps == 6
+    alias = _compose("train_classifier", ["experiment=smoke_classifier"])
+    assert alias.task_name == "smoke_classifier" and alias.classifier == classifier.classifier
+    assert _compose("train_superres", ["experiment=sr_mnist"]).task_name == "sr_mnist"
+
+    # another script's (or an unknown) name: Hydra's error lists exactly this script's experiments
+    for script, name in [("train_classifier", "adm_u_64_imagenet"), ("train", "demo_classifier"),
+                         ("train_superres", "smoke"), ("train", "nope")]:  # fmt: skip
+        with pytest.raises(MissingConfigException) as info:
+            _compose(script, [f"experiment={name}"])
+        listed = set(str(info.value).split("Available options in 'experiment':")[1].split()) & (
+            _experiments("train") | _experiments("train_classifier") | _experiments("train_superres")
+        )
+        assert listed == _experiments(script), (script, listed)
+
+
+def test_training_configs_take_sizes_and_classes_from_the_data():
     for path in [
-        *(REPO / "adm" / "conf" / "experiment").glob("*.yaml"),
-        REPO / "adm" / "conf" / "train.yaml",
-        REPO / "adm" / "conf" / "train_classifier.yaml",
+        *(CONF / "experiments").glob("*/experiment/*.yaml"),
+        *(CONF / f"{script}.yaml" for script in SCRIPTS),
     ]:
-        assert "num_classes: 1000" not in path.read_text(), path
+        text = path.read_text()
+        assert "num_classes: 1000" not in text and "image_size: 64" not in text, path
+    for path in (CONF / "data").glob("*.yaml"):
+        data = path.read_text()
+        assert "\nchannels: " in data and "\nnum_classes: " in data and "class_cond" not in data, path
+    cfg = _compose("train", [])
+    assert (cfg.model.image_size, cfg.model.in_channels, cfg.model.num_classes) == (28, 1, 10)
+    cfg = _compose("train", ["data.image_size=8", "data.num_classes=null"])
+    assert (cfg.model.image_size, cfg.model.num_classes) == (8, None)
+    cfg = _compose("train_superres", ["model=adm_sr_64_256", "data=cifar10"])
+    assert (cfg.model.image_size, cfg.model.in_channels, cfg.model.num_classes) == (32, 3, 10)
+    cfg = _compose("train_classifier", ["classifier=adm_cls_64"])  # the preset brings ImageNet-64
+    assert (cfg.data.image_size, cfg.classifier.image_size, cfg.classifier.out_channels) == (64, 64, 1000)
+
+
+def test_data_values_are_checked_against_the_config_and_the_images(tmp_path: Path):
+    from PIL import Image
+
+    from adm.data import ImageFolderDataModule, MNIST5kDataModule
+    from adm.recipes.train import check_data_values
+
+    with pytest.raises(ValueError, match=r"data.num_classes is not set .*data.num_classes=null"):
+        check_data_values(_compose("train", ["data=imagefolder", "data.path=x"]), "model")
+    with pytest.raises(ValueError, match="a noisy classifier needs labels"):
+        check_data_values(_compose("train_classifier", ["data.num_classes=null"]), "classifier")
+    check_data_values(_compose("train", ["data=imagefolder", "data.path=x", "data.num_classes=3"]), "model")
+
+    common = dict(
+        image_size=8, batch_size=2, num_workers=0, val_fraction=0.0, split_seed=0, random_flip=False,
+        random_crop=False,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"num_classes=7 but MNIST-5k holds 10 classes.*data.num_classes=10"):
+        MNIST5kDataModule(num_classes=7, channels=1, **common)
+    with pytest.raises(ValueError, match=r"channels=3 but MNIST-5k has 1-channel images; set data.channels"):
+        MNIST5kDataModule(num_classes=10, channels=3, **common)
+    assert MNIST5kDataModule(num_classes=10, channels=1, **common).num_classes == 10
+    assert MNIST5kDataModule(num_classes=None, channels=1, **common).num_classes is None
+
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for i in range(2):
+            Image.new("RGB", (10, 10), (i * 80, 20, 30)).save(tmp_path / cls / f"{i}.png")
+    folder = dict(path=str(tmp_path), labels="folder", max_corrupt=0, **common)
+    with pytest.raises(ValueError, match=r"holds 2 classes \(cat, dog\); set data.num_classes=2"):
+        ImageFolderDataModule(num_classes=1000, channels=3, **folder)
+    assert ImageFolderDataModule(num_classes=2, channels=3, **folder).class_names == ["cat", "dog"]
+    assert ImageFolderDataModule(num_classes=None, channels=3, **folder).num_classes is None
+    with pytest.raises(ValueError, match="contradicts"):
+        ImageFolderDataModule(num_classes=2, class_cond=False, **folder)

@@ -11,8 +11,11 @@ once):
   domain classifier (:class:`~adm.metrics.DomainFeatureExtractor`) for MNIST-sized data (which also gives
   class accuracy: does the model draw the class it was asked for?).
 
-Sample i always uses seed ``seed + i`` (``PerSampleNoise``) and label ``i % num_classes``, so scores at
-different steps compare the same noise. With several processes each rank draws a contiguous share of the
+Sample i always has the noise seed ``sample_seed(seed, i)`` (the seed rule of ``scripts/sample.py`` and
+``ADM.infer``) and label ``i % num_classes``, so scores at different steps compare the same noise. A module
+whose network conditions on images (an upsampler: ``pl_module.conditions_on_images``) upsamples the first
+`num_samples` real images of the datamodule's `reference_split` instead (their ``pl_module.model_kwargs``),
+with their labels. With several processes each rank draws a contiguous share of the
 samples, the features are gathered, rank 0 scores them and broadcasts the numbers, which every rank logs as
 ``sample/fid``, ``sample/precision``, ... . Nothing touches the global random streams (training stays
 bit-reproducible).
@@ -32,16 +35,17 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 
-from adm.callbacks.ema import EMA
+from adm.callbacks.sample_grid import sample_conditioning, sampling_network
 from adm.metrics import FeatureExtractor, FeatureSet, compute_metrics, extract_features, reference_features
 from adm.metrics.evaluate import METRIC_KINDS, resolve_metrics
-from adm.sampling import PerSampleNoise
+from adm.metrics.names import NEEDS_REFERENCE
+from adm.sampling import draw_images, sample_seed
 
 __all__ = ["FIDCallback"]
 
 log = logging.getLogger(__name__)
 
-_NEED_REFERENCE = ("fid", "sfid", "precision", "recall")  # the others (IS, accuracy) read the samples only
+_NEED_REFERENCE = NEEDS_REFERENCE  # the others (IS, accuracy) read the samples only
 
 
 class FIDCallback(Callback):
@@ -51,13 +55,14 @@ class FIDCallback(Callback):
         every_n_steps: period in optimizer steps (0: only at the end of training).
         num_samples: images drawn per evaluation (all ranks together).
         batch_size: images per sampler call on each rank.
-        seed: seed of sample 0 (sample i uses seed + i).
+        seed: the run seed of the samples (sample i: ``sample_seed(seed, i)``).
         sampler: ``sampler(model_fn, diffusion, x_T, model_kwargs=..., noise=...) -> x_0`` with its options
-            bound (e.g. ``functools.partial(ddim_sample, steps="ddim25")``: few steps keep it cheap).
+            bound (e.g. ``functools.partial(ddim_sample, steps=25, spacing="strided")``: few steps keep it
+            cheap).
         feature_extractor: a :class:`~adm.metrics.FeatureExtractor` (moved to the module's device).
         reference: reference batch ``.npz`` (OpenAI's format), or None for the datamodule's real images.
         num_reference: images of the datamodule's `reference_split` used when `reference` is None.
-        reference_split: "train", "val" or "all".
+        reference_split: "train", "val" or "all"; also where an upsampler's low-res inputs come from.
         metrics: names from ``adm.metrics.METRICS``; None: those the extractor supports ("accuracy" needs a
             class-conditional model and a domain classifier).
     """
@@ -93,15 +98,31 @@ class FIDCallback(Callback):
         self.requested_metrics = None if metrics is None else [str(m) for m in metrics]
         self.metrics = resolve_metrics(feature_extractor, self.requested_metrics)
         self._reference_features: FeatureSet | None = None
+        self._conditioning: tuple[torch.Tensor | None, dict[str, torch.Tensor]] | None = None
         self._last_step = -1
         self.last_scores: dict[str, float] = {}
 
     # --- pieces -------------------------------------------------------------------------------------------
     def _network(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.nn.Module:
-        for cb in trainer.callbacks:
-            if isinstance(cb, EMA) and cb._average_model is not None:
-                return cb.averaged_module().unet
-        return pl_module.unet
+        return sampling_network(trainer, pl_module)
+
+    def conditioning(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, net: torch.nn.Module
+    ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """Labels (num_samples,) and further conditioning of all samples (computed once, then kept)."""
+        if self._conditioning is None:
+            classes = net.num_classes
+            labels = None if classes is None else list(range(classes))  # label of sample i: i % num_classes
+            self._conditioning = sample_conditioning(
+                trainer,
+                pl_module,
+                net,
+                self.num_samples,
+                seed=self.seed,
+                labels=labels,
+                split=self.reference_split,
+            )
+        return self._conditioning
 
     def _metrics_for(self, unet: torch.nn.Module) -> list[str]:
         if unet.num_classes is None and "accuracy" in self.metrics:
@@ -147,30 +168,29 @@ class FIDCallback(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, indices: range, kinds: Sequence[str]
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         """Features {kind: (n, D)} of samples `indices` on this rank, their labels (n,) or None."""
-        unet = self._network(trainer, pl_module)
+        net = self._network(trainer, pl_module)
         device = pl_module.device
-        shape = (unet.in_channels, unet.image_size, unet.image_size)
+        all_labels, all_conditioning = self.conditioning(trainer, pl_module, net)
         parts: dict[str, list[torch.Tensor]] = {k: [] for k in kinds}
         label_parts = []
-        was_training = unet.training
-        unet.eval()
-        try:
-            for first in range(indices.start, indices.stop, self.batch_size):
-                batch = range(first, min(first + self.batch_size, indices.stop))
-                noise = PerSampleNoise([self.seed + i for i in batch])
-                x_T = noise.initial(shape, device=device)
-                model_kwargs: dict[str, Any] = {}
-                if unet.num_classes is not None:
-                    y = torch.tensor([i % unet.num_classes for i in batch], dtype=torch.int64, device=device)
-                    model_kwargs["y"] = y
-                    label_parts.append(y)
-                with trainer.precision_plugin.forward_context():
-                    x_0 = self.sampler(unet, pl_module.diffusion, x_T, model_kwargs=model_kwargs, noise=noise)
-                feats = self.extractor.features(x_0.float().clamp(-1, 1))
-                for k in kinds:
-                    parts[k].append(feats[k].to(device))
-        finally:
-            unet.train(was_training)
+        for first in range(indices.start, indices.stop, self.batch_size):
+            rows = slice(first, min(first + self.batch_size, indices.stop))
+            labels = None if all_labels is None else all_labels[rows]
+            x_0 = draw_images(
+                net,
+                pl_module.diffusion,
+                self.sampler,
+                [sample_seed(self.seed, i) for i in range(rows.start, rows.stop)],
+                labels=labels,
+                conditioning={name: value[rows] for name, value in all_conditioning.items()},
+                device=device,
+                autocast=trainer.precision_plugin.forward_context,
+            )
+            feats = self.extractor.features(x_0)
+            for k in kinds:
+                parts[k].append(feats[k].to(device))
+            if labels is not None and net.num_classes is not None:
+                label_parts.append(labels.to(device))
         out = {k: torch.cat(v) if v else torch.zeros(0, device=device) for k, v in parts.items()}
         labels = torch.cat(label_parts) if label_parts else None
         return out, labels

@@ -14,30 +14,80 @@ from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from torchvision.utils import make_grid, save_image
 
 from adm.callbacks.ema import EMA
-from adm.sampling import PerSampleNoise
+from adm.io.samples import from_uint8
+from adm.sampling import LabelPlan, draw_images, sample_seed
 
-__all__ = ["SampleGrid"]
+__all__ = ["SampleGrid", "sampling_network", "sample_conditioning"]
+
+
+def sampling_network(trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.nn.Module:
+    """The network callbacks sample with: the EMA one of the first :class:`EMA` rate, else the raw one."""
+    for cb in trainer.callbacks:
+        if isinstance(cb, EMA) and cb._average_model is not None:
+            return cb.averaged_module().unet
+    return pl_module.unet
+
+
+def sample_conditioning(
+    trainer: pl.Trainer,
+    pl_module: pl.LightningModule,
+    net: torch.nn.Module,
+    count: int,
+    *,
+    seed: int,
+    labels: Sequence[int] | None,
+    split: str,
+) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+    """Labels (count,) and further conditioning {name: (count, ...)} of samples 0..count-1 drawn in training.
+
+    A module whose network conditions on images (``pl_module.conditions_on_images``, e.g. an upsampler)
+    gets the first `count` real images of the datamodule's `split` (``reference_batch``) and their
+    ``pl_module.model_kwargs((x_0, y))`` (``low_res``, and the labels when the network is class-conditional).
+    Otherwise a class-conditional network gets ``labels`` cycled (default: 0, 1, 2, ... through its classes)
+    and an unconditional one nothing. The same call gives the same conditioning: samples compare across
+    steps.
+    """
+    if getattr(pl_module, "conditions_on_images", False):
+        datamodule = trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "reference_batch"):
+            raise ValueError(
+                f"{type(pl_module).__name__} conditions its samples on real images: train it with a "
+                "datamodule that has reference_batch(n, split) (adm.data's datamodules do)"
+            )
+        images, y = datamodule.reference_batch(count, split)
+        batch = (from_uint8(images), torch.as_tensor(y, dtype=torch.int64))
+        kwargs = dict(pl_module.model_kwargs(batch))
+        return kwargs.pop("y", None), kwargs
+    if net.num_classes is None:
+        return None, {}
+    spec = list(labels) if labels else list(range(net.num_classes))
+    return torch.from_numpy(LabelPlan(spec, net.num_classes, seed)(range(count))), {}
 
 
 class SampleGrid(Callback):
     """Every `every_n_steps` optimizer steps (and at the end of training) draw `num_samples` images.
 
-    Sample i always starts from seed ``seed + i`` (``adm.sampling.PerSampleNoise``) and gets label
-    ``labels[i]``, so grids from different steps show the same samples as training goes on. The network is the
-    EMA one of the :class:`~adm.callbacks.ema.EMA` callback when present (its first rate), else the raw one;
-    the process is the module's ``diffusion``. The grid is written to ``dirpath/step_XXXXXXX.png`` and
-    logged to every logger that takes images (TensorBoard, W&B). Only global rank 0 samples.
+    Sample i always has the noise seed ``sample_seed(seed, i)`` (the seed rule of ``scripts/sample.py`` and
+    ``ADM.infer``) and gets label ``labels[i % len(labels)]``, so grids from different steps show the same
+    samples as training goes on, and the grid shows what ``scripts/sample.py`` would draw with the same
+    seed, labels and sampler. A module whose network conditions on images (an upsampler) is given the first
+    `num_samples` real images of the datamodule's `split` instead (:func:`sample_conditioning`). The network
+    is the EMA one of the :class:`~adm.callbacks.ema.EMA` callback when present (its first rate), else the
+    raw one; the process is the module's ``diffusion``. The grid is written to ``dirpath/step_XXXXXXX.png``
+    and logged to every logger that takes images (TensorBoard, W&B). Only global rank 0 samples.
 
     Args:
         every_n_steps: sampling period in optimizer steps (0: only at the end of training).
         num_samples: images per grid.
-        seed: seed of sample 0.
+        seed: the grid's run seed (sample i: ``sample_seed(seed, i)``).
         labels: class of each sample (cycled), or None for 0, 1, 2, ... cycling through the classes;
-            ignored for unconditional models.
+            ignored for unconditional models and for upsamplers (their real images bring their labels).
         sampler: ``sampler(model_fn, diffusion, x_T, model_kwargs=..., noise=...) -> x_0`` from adm.sampling,
             with its options bound (e.g. ``functools.partial(ddim_sample, steps=50, eta=0.0)``).
         nrow: images per grid row (None: the number of classes for class-conditional models, else sqrt(n)).
         dirpath: folder for the PNG files (None: none written).
+        split: datamodule split of the real images an upsampler's grid is conditioned on ("train", "val",
+            "all").
     """
 
     def __init__(
@@ -50,6 +100,7 @@ class SampleGrid(Callback):
         sampler: Callable[..., torch.Tensor],
         nrow: int | None,
         dirpath: str | None,
+        split: str,
     ):
         if every_n_steps < 0 or num_samples < 1:
             raise ValueError(
@@ -62,33 +113,29 @@ class SampleGrid(Callback):
         self.sampler = sampler
         self.nrow = nrow
         self.dirpath = None if dirpath is None else Path(dirpath)
+        self.split = str(split)
         self._last_step = -1
 
     def _network(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.nn.Module:
-        for cb in trainer.callbacks:
-            if isinstance(cb, EMA) and cb._average_model is not None:
-                return cb.averaged_module().unet
-        return pl_module.unet
+        return sampling_network(trainer, pl_module)
 
     @torch.no_grad()
     def sample(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor:
         """The grid's images x_0: float (num_samples, C, H, W) in [-1, 1]."""
-        unet = self._network(trainer, pl_module)
-        device = pl_module.device
-        noise = PerSampleNoise(range(self.seed, self.seed + self.num_samples))
-        x_T = noise.initial((unet.in_channels, unet.image_size, unet.image_size), device=device)
-        model_kwargs: dict[str, Any] = {}
-        if unet.num_classes is not None:
-            labels = self.labels if self.labels else list(range(unet.num_classes))
-            y = [labels[i % len(labels)] for i in range(self.num_samples)]
-            model_kwargs["y"] = torch.tensor(y, dtype=torch.int64, device=device)
-        was_training = unet.training
-        unet.eval()
-        try:
-            x_0 = self.sampler(unet, pl_module.diffusion, x_T, model_kwargs=model_kwargs, noise=noise)
-        finally:
-            unet.train(was_training)
-        return x_0.float().clamp(-1, 1)
+        net = self._network(trainer, pl_module)
+        labels, conditioning = sample_conditioning(
+            trainer, pl_module, net, self.num_samples, seed=self.seed, labels=self.labels, split=self.split
+        )
+        return draw_images(
+            net,
+            pl_module.diffusion,
+            self.sampler,
+            [sample_seed(self.seed, i) for i in range(self.num_samples)],
+            labels=labels,
+            conditioning=conditioning,
+            device=pl_module.device,
+            autocast=trainer.precision_plugin.forward_context,
+        )
 
     def _grid(self, x_0: torch.Tensor, num_classes: int | None) -> torch.Tensor:
         nrow = self.nrow
@@ -102,7 +149,10 @@ class SampleGrid(Callback):
         if not trainer.is_global_zero:
             return
         x_0 = self.sample(trainer, pl_module)
-        grid = self._grid(x_0, self._network(trainer, pl_module).num_classes)  # (3, H, W) in [0, 1]
+        # One row per class when the labels cycle through the classes (not for real images' labels).
+        cycling = not getattr(pl_module, "conditions_on_images", False)
+        num_classes = self._network(trainer, pl_module).num_classes if cycling else None
+        grid = self._grid(x_0, num_classes)  # (3, H, W) in [0, 1]
         if self.dirpath is not None:
             self.dirpath.mkdir(parents=True, exist_ok=True)
             save_image(grid, self.dirpath / f"step_{step:07d}.png")

@@ -16,17 +16,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from adm.compat.models import create_model, diffusion_defaults, sr_create_model
 from adm.diffusion import losses
 from adm.diffusion.gaussian import GaussianDiffusion as _Core
-from adm.diffusion.gaussian import LossType, ModelMeanType, ModelVarType
 from adm.diffusion.schedules import named_beta_schedule, respaced_betas
-from adm.diffusion.schedules import space_timesteps as _space_timesteps
+from adm.diffusion.spacing import Spacing
+from adm.diffusion.types import LossType, ModelMeanType, ModelVarType
 from adm.sampling.ddim import ddim_step
 from adm.sampling.ddpm import ddpm_step
 from adm.sampling.guidance import CondFnGuidance
@@ -39,7 +41,11 @@ __all__ = [
     "SpacedDiffusion",
     "create_gaussian_diffusion",
     "create_model_and_diffusion",
+    "diffusion_config",
     "get_named_beta_schedule",
+    "legacy_diffusion_config",
+    "parse_timestep_respacing",
+    "process_kwargs",
     "normal_kl",
     "discretized_gaussian_log_likelihood",
     "mean_flat",
@@ -61,11 +67,141 @@ def get_named_beta_schedule(schedule_name: str, num_diffusion_timesteps: int) ->
     return named_beta_schedule(schedule_name, num_diffusion_timesteps).numpy()
 
 
+# --- OpenAI's flags in our vocabulary (the only place that maps them) -------------------------------------
+def process_kwargs(
+    *,
+    steps: int,
+    noise_schedule: str,
+    learn_sigma: bool,
+    sigma_small: bool,
+    predict_xstart: bool,
+    use_kl: bool,
+    rescale_learned_sigmas: bool,
+    rescale_timesteps: bool,
+) -> dict[str, Any]:
+    """OpenAI's diffusion flags as the keyword arguments of ``adm.diffusion.GaussianDiffusion.from_schedule``.
+
+    learn_sigma -> var_type LEARNED_RANGE (else FIXED_SMALL with sigma_small, FIXED_LARGE without);
+    predict_xstart -> mean_type START_X (else EPSILON); use_kl -> loss_type RESCALED_KL, else RESCALED_MSE
+    with rescale_learned_sigmas, else MSE.
+    """
+    if use_kl:
+        loss_type = LossType.RESCALED_KL
+    elif rescale_learned_sigmas:
+        loss_type = LossType.RESCALED_MSE
+    else:
+        loss_type = LossType.MSE
+    if learn_sigma:
+        var_type = ModelVarType.LEARNED_RANGE
+    else:
+        var_type = ModelVarType.FIXED_SMALL if sigma_small else ModelVarType.FIXED_LARGE
+    return dict(
+        schedule=noise_schedule,
+        steps=int(steps),
+        mean_type=ModelMeanType.START_X if predict_xstart else ModelMeanType.EPSILON,
+        var_type=var_type,
+        loss_type=loss_type,
+        rescale_timesteps=bool(rescale_timesteps),
+    )
+
+
+_PROCESS_TARGET = "adm.diffusion.GaussianDiffusion.from_schedule"
+
+
+def _as_config(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Plain config (``conf/diffusion/*.yaml`` layout) of :func:`process_kwargs`' result."""
+    plain = {
+        k: (v.value if isinstance(v, ModelMeanType | ModelVarType | LossType) else v)
+        for k, v in kwargs.items()
+    }
+    return {"_target_": _PROCESS_TARGET, **plain}
+
+
+def diffusion_config(flags: Mapping[str, Any]) -> dict[str, Any]:
+    """Our diffusion config for OpenAI's MODEL_FLAGS / DIFFUSION_FLAGS (parsed; missing flags take OpenAI's
+    defaults; flags that do not describe the process are ignored). ``timestep_respacing`` is a sampler
+    setting, not part of the process: it is not in the result."""
+    values = {**diffusion_defaults(), **{k: v for k, v in flags.items() if k in diffusion_defaults()}}
+    return _as_config(
+        process_kwargs(
+            steps=values["diffusion_steps"],
+            noise_schedule=values["noise_schedule"],
+            learn_sigma=values["learn_sigma"],
+            sigma_small=bool(flags.get("sigma_small", False)),
+            predict_xstart=values["predict_xstart"],
+            use_kl=values["use_kl"],
+            rescale_learned_sigmas=values["rescale_learned_sigmas"],
+            rescale_timesteps=values["rescale_timesteps"],
+        )
+    )
+
+
+LEGACY_TARGET = "adm.diffusion.create_diffusion"
+# Defaults of the flag-style factory that checkpoints written before our own vocabulary name.
+_LEGACY_DEFAULTS = dict(
+    sigma_small=False,
+    predict_xstart=False,
+    use_kl=False,
+    rescale_learned_sigmas=True,
+    rescale_timesteps=False,
+)
+
+
+def legacy_diffusion_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Translate a checkpoint's flag-style diffusion config (``_target_: adm.diffusion.create_diffusion``,
+    ``steps``, ``noise_schedule``, ``learn_sigma``, ...) into our own (``conf/diffusion/*.yaml``)."""
+    values = {k: v for k, v in cfg.items() if k != "_target_"}
+    if values.pop("timestep_respacing", None) not in (None, ""):
+        raise ValueError(
+            "the checkpoint's diffusion config respaces the training process (timestep_respacing); "
+            "respacing is a sampler setting: remove it from the config"
+        )
+    missing = [k for k in ("steps", "noise_schedule", "learn_sigma") if k not in values]
+    unknown = sorted(set(values) - {"steps", "noise_schedule", "learn_sigma", *_LEGACY_DEFAULTS})
+    if missing or unknown:
+        raise ValueError(
+            f"cannot read the checkpoint's diffusion config {dict(cfg)}: "
+            + (f"missing {missing}" if missing else f"unknown keys {unknown}")
+        )
+    return _as_config(process_kwargs(**{**_LEGACY_DEFAULTS, **values}))
+
+
+def parse_timestep_respacing(value: str | int | Sequence[int] | None) -> Spacing | None:
+    """OpenAI's ``timestep_respacing`` as a :class:`~adm.diffusion.spacing.Spacing` (None: keep every step).
+
+    ``"250"`` / 250 -> ``Spacing.even(250)``; ``"ddim25"`` -> ``Spacing.strided(25)``; ``"10,15,20"`` or
+    ``[10, 15, 20]`` -> ``Spacing.sections(10, 15, 20)``.
+    """
+    if value is None or (isinstance(value, str) and value.strip() == ""):
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | Sequence):
+        raise ValueError(
+            f"timestep_respacing must be a string like '250', 'ddim25', '10,15,20' or a list of counts; "
+            f"got {value!r}"
+        )
+    if isinstance(value, int):
+        return Spacing.even(value)
+    if not isinstance(value, str):
+        return Spacing.sections(*(int(c) for c in value))
+    text = value.strip().replace(" ", "")
+    if text.startswith("ddim"):
+        try:
+            return Spacing.strided(int(text[len("ddim") :]))
+        except ValueError:
+            raise ValueError(f"bad DDIM spacing {value!r}; write it as 'ddimN', e.g. 'ddim25'") from None
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(
+            f"bad timestep_respacing {value!r}; use an int ('250'), 'ddimN' or comma-separated section counts"
+        ) from None
+    return Spacing.sections(*counts)
+
+
 def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> set[int]:
     """The set of original timesteps kept by a respacing ("N", "ddimN", "a,b,c" or a list of counts)."""
-    if not isinstance(section_counts, str):
-        section_counts = ",".join(str(int(c)) for c in section_counts)
-    return set(_space_timesteps(num_timesteps, section_counts))
+    spacing = parse_timestep_respacing(section_counts)
+    return set(range(num_timesteps)) if spacing is None else set(spacing.timesteps(num_timesteps))
 
 
 def _randn_like(x: torch.Tensor) -> torch.Tensor:
@@ -414,26 +550,20 @@ def create_gaussian_diffusion(
     timestep_respacing="",
 ) -> SpacedDiffusion:
     """The reference factory (same keywords and defaults); always returns a :class:`SpacedDiffusion`."""
-    if use_kl:
-        loss_type = LossType.RESCALED_KL
-    elif rescale_learned_sigmas:
-        loss_type = LossType.RESCALED_MSE
-    else:
-        loss_type = LossType.MSE
-    if learn_sigma:
-        var_type = ModelVarType.LEARNED_RANGE
-    else:
-        var_type = ModelVarType.FIXED_SMALL if sigma_small else ModelVarType.FIXED_LARGE
-    if not timestep_respacing:
-        timestep_respacing = [steps]
-    return SpacedDiffusion(
-        use_timesteps=space_timesteps(steps, timestep_respacing),
-        betas=get_named_beta_schedule(noise_schedule, steps),
-        model_mean_type=ModelMeanType.START_X if predict_xstart else ModelMeanType.EPSILON,
-        model_var_type=var_type,
-        loss_type=loss_type,
-        rescale_timesteps=rescale_timesteps,
+    core = _Core.from_schedule(
+        **process_kwargs(
+            steps=steps,
+            noise_schedule=noise_schedule,
+            learn_sigma=learn_sigma,
+            sigma_small=sigma_small,
+            predict_xstart=predict_xstart,
+            use_kl=use_kl,
+            rescale_learned_sigmas=rescale_learned_sigmas,
+            rescale_timesteps=rescale_timesteps,
+        )
     )
+    # Like the reference, even "no respacing" recomputes the betas from alpha_bar (bit-for-bit parity).
+    return SpacedDiffusion.from_core(core.respace(parse_timestep_respacing(timestep_respacing)))
 
 
 def _diffusion_kwargs(
@@ -484,8 +614,6 @@ def create_model_and_diffusion(
     use_new_attention_order,
 ):
     """(UNetModel, SpacedDiffusion) from the reference's flags (``model_and_diffusion_defaults()`` keys)."""
-    from adm.compat.models import create_model
-
     model = create_model(
         image_size,
         num_channels,
@@ -544,8 +672,6 @@ def sr_create_model_and_diffusion(
     use_fp16,
 ):
     """(SuperResModel, SpacedDiffusion) from the reference's flags (``sr_model_and_diffusion_defaults()``)."""
-    from adm.compat.models import sr_create_model
-
     model = sr_create_model(
         large_size,
         small_size,

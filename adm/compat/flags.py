@@ -218,7 +218,7 @@ def load_openai_checkpoint(
         )
     values = _merge_flags(flags, flag_values)
     if flags is None and not flag_values:
-        from adm.presets import build_network, fitting_presets
+        from adm.config import build_network, fitting_presets
 
         fits = fitting_presets(state)
         if fits:

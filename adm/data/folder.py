@@ -74,7 +74,8 @@ def folder_labels(root: Path, files: Sequence[Path], labels: str) -> tuple[list[
             if len(parts) < 2:
                 raise ValueError(
                     f"{f} lies directly in {root}, but labels='folder' needs ROOT/<class>/<image>; "
-                    "use labels=filename for OpenAI-style NAME_xxx.png files or class_cond=false"
+                    "use labels=filename for OpenAI-style NAME_xxx.png files or data.num_classes=null "
+                    "(unconditional)"
                 )
             names.append(parts[0])
     elif labels == "filename":
@@ -83,7 +84,8 @@ def folder_labels(root: Path, files: Sequence[Path], labels: str) -> tuple[list[
             if "_" not in f.name:
                 raise ValueError(
                     f"{f} has no '_' in its name, but labels='filename' takes the class from the text before "
-                    "the first '_' (e.g. n01440764_10026.JPEG); use labels=folder or class_cond=false"
+                    "the first '_' (e.g. n01440764_10026.JPEG); use labels=folder or data.num_classes=null "
+                    "(unconditional)"
                 )
             names.append(f.name.split("_", 1)[0])
     else:

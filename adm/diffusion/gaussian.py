@@ -15,45 +15,14 @@ tensor, so results are float32 whatever the tables were computed in.
 
 from __future__ import annotations
 
-import enum
-
 import torch
 
 from adm.diffusion import losses
-from adm.diffusion.schedules import named_beta_schedule, respaced_betas, space_timesteps
+from adm.diffusion.schedules import named_beta_schedule, respaced_betas
+from adm.diffusion.spacing import Spacing
+from adm.diffusion.types import LossType, ModelMeanType, ModelVarType, choose
 
-__all__ = ["GaussianDiffusion", "ModelMeanType", "ModelVarType", "LossType", "create_diffusion"]
-
-
-class ModelMeanType(str, enum.Enum):
-    """What the network's first ``C`` output channels predict."""
-
-    EPSILON = "epsilon"  # the noise eps
-    START_X = "start_x"  # x_0
-    PREVIOUS_X = "previous_x"  # the posterior mean of x_{t-1}
-
-
-class ModelVarType(str, enum.Enum):
-    """How the reverse-process variance is obtained."""
-
-    FIXED_SMALL = "fixed_small"  # beta_tilde_t (posterior variance)
-    FIXED_LARGE = "fixed_large"  # beta_t (with beta_tilde_1 at t = 0)
-    LEARNED = "learned"  # the network outputs log variance
-    # The network outputs v in [-1, 1]; log variance interpolates between log beta_tilde_t and log beta_t.
-    LEARNED_RANGE = "learned_range"
-
-
-class LossType(str, enum.Enum):
-    """Training objective."""
-
-    MSE = "mse"  # L_simple (+ L_vlb on the variance when it is learned: the hybrid loss)
-    RESCALED_MSE = "rescaled_mse"  # as MSE, L_vlb multiplied by T / 1000
-    KL = "kl"  # the variational bound
-    RESCALED_KL = "rescaled_kl"  # the variational bound times T
-
-    @property
-    def is_vb(self) -> bool:
-        return self in (LossType.KL, LossType.RESCALED_KL)
+__all__ = ["GaussianDiffusion", "ModelMeanType", "ModelVarType", "LossType"]
 
 
 def _append(first: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
@@ -63,12 +32,16 @@ def _append(first: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
 class GaussianDiffusion:
     """A (possibly respaced) Gaussian diffusion process.
 
+    Build one from a named schedule with :meth:`from_schedule` (what ``conf/diffusion/*.yaml`` do).
+
     Args:
         betas: float64 (T,) noise schedule of this process.
-        model_mean_type, model_var_type, loss_type: see the enums.
+        model_mean_type, model_var_type, loss_type: see the enums (members or their string values).
         rescale_timesteps: hand the network ``t * 1000 / T_orig`` as a float instead of the integer step.
         timestep_map: original timestep of each step of this process (None = 0..T-1).
         base_alphas_cumprod: alpha_bar of the original process (needed to respace again; None = this one's).
+        schedule: name of the schedule the betas come from ("linear", "cosine"), if any; only used to
+            describe the process (messages, ``repr``).
     """
 
     def __init__(
@@ -81,15 +54,48 @@ class GaussianDiffusion:
         rescale_timesteps: bool = False,
         timestep_map: torch.Tensor | list[int] | None = None,
         base_alphas_cumprod: torch.Tensor | None = None,
+        schedule: str | None = None,
     ) -> None:
-        self.model_mean_type = ModelMeanType(model_mean_type)
-        self.model_var_type = ModelVarType(model_var_type)
-        self.loss_type = LossType(loss_type)
+        self.model_mean_type = choose(ModelMeanType, model_mean_type, "mean_type")
+        self.model_var_type = choose(ModelVarType, model_var_type, "var_type")
+        self.loss_type = choose(LossType, loss_type, "loss_type")
         self.rescale_timesteps = bool(rescale_timesteps)
+        self.schedule = schedule
         # Tables live on the CPU in float64 even under a `with torch.device("meta"):` block.
         with torch.device("cpu"):
             self._build_tables(betas, timestep_map, base_alphas_cumprod)
         self._device_tables: dict[torch.device, dict[str, torch.Tensor]] = {}
+
+    @classmethod
+    def from_schedule(
+        cls,
+        schedule: str,
+        steps: int,
+        *,
+        mean_type: ModelMeanType | str,
+        var_type: ModelVarType | str,
+        loss_type: LossType | str,
+        rescale_timesteps: bool,
+    ) -> GaussianDiffusion:
+        """The process of the named beta schedule over ``steps`` timesteps (``conf/diffusion/*.yaml``).
+
+        Args:
+            schedule: "linear" (Ho et al., scaled by 1000 / steps) or "cosine" (Nichol & Dhariwal).
+            steps: T of the process (1000 for every released model); sampling respaces it.
+            mean_type: what the network predicts: "epsilon", "start_x" or "previous_x".
+            var_type: "learned_range" / "learned" (the network outputs the variance too: it must have
+                ``learn_sigma``), "fixed_large" or "fixed_small".
+            loss_type: "mse", "rescaled_mse" (the hybrid loss of improved DDPM), "kl" or "rescaled_kl".
+            rescale_timesteps: hand the network ``t * 1000 / steps`` as a float.
+        """
+        return cls(
+            betas=named_beta_schedule(schedule, steps),
+            model_mean_type=mean_type,
+            model_var_type=var_type,
+            loss_type=loss_type,
+            rescale_timesteps=rescale_timesteps,
+            schedule=schedule,
+        )
 
     def _build_tables(self, betas, timestep_map, base_alphas_cumprod) -> None:
         betas = torch.as_tensor(betas, dtype=torch.float64).flatten().cpu()
@@ -147,13 +153,28 @@ class GaussianDiffusion:
             f"GaussianDiffusion(num_timesteps={self.num_timesteps}, "
             f"original_num_steps={self.original_num_steps}, "
             f"mean={self.model_mean_type.name}, var={self.model_var_type.name}, loss={self.loss_type.name}, "
-            f"rescale_timesteps={self.rescale_timesteps})"
+            f"rescale_timesteps={self.rescale_timesteps}, schedule={self.schedule!r})"
         )
 
     @property
     def learn_sigma(self) -> bool:
         """True when the network also outputs the variance (output channels = 2 * image channels)."""
-        return self.model_var_type in (ModelVarType.LEARNED, ModelVarType.LEARNED_RANGE)
+        return self.model_var_type.is_learned
+
+    def describe_noising(self) -> str:
+        """How this process noises images, e.g. "schedule=cosine steps=1000" (what a classifier learns)."""
+        schedule = self.schedule if self.schedule is not None else "custom"
+        text = f"schedule={schedule} steps={self.original_num_steps}"
+        return text + (" rescale_timesteps=true" if self.rescale_timesteps else "")
+
+    def same_noising(self, other: GaussianDiffusion) -> bool:
+        """True when both processes noise images alike: the same original alpha_bar table and the same
+        timesteps handed to networks (respacing aside)."""
+        return (
+            self.original_num_steps == other.original_num_steps
+            and self.rescale_timesteps == other.rescale_timesteps
+            and torch.allclose(self.base_alphas_cumprod, other.base_alphas_cumprod, rtol=1e-12, atol=0.0)
+        )
 
     def _table(self, name: str, device: torch.device) -> torch.Tensor:
         if device.type == "cpu":
@@ -186,14 +207,17 @@ class GaussianDiffusion:
             return mapped.float() * (1000.0 / self.original_num_steps)
         return mapped
 
-    def respace(self, spacing: int | str | None) -> GaussianDiffusion:
-        """A process that keeps a subset of the ORIGINAL timesteps (see ``schedules.space_timesteps``).
+    def respace(self, spacing: Spacing | int | None) -> GaussianDiffusion:
+        """A process that keeps a subset of the ORIGINAL timesteps.
 
-        ``spacing``: an int / "N" (N evenly spread steps), "ddimN" (integer stride), "a,b,c" (sections) or
-        None (all original steps). Respacing is always relative to the original process, so
-        ``d.respace(50).respace(250)`` equals ``d.respace(250)``.
+        ``spacing``: a :class:`~adm.diffusion.spacing.Spacing` (e.g. ``Spacing.strided(25)``), an int N
+        (``Spacing.even(N)``) or None (all original steps). Respacing is always relative to the original
+        process, so ``d.respace(50).respace(250)`` equals ``d.respace(250)``.
         """
-        kept = space_timesteps(self.original_num_steps, spacing)
+        if spacing is None:
+            kept = list(range(self.original_num_steps))
+        else:
+            kept = Spacing.of(spacing).timesteps(self.original_num_steps)
         return GaussianDiffusion(
             betas=respaced_betas(self.base_alphas_cumprod, kept),
             model_mean_type=self.model_mean_type,
@@ -202,6 +226,7 @@ class GaussianDiffusion:
             rescale_timesteps=self.rescale_timesteps,
             timestep_map=kept,
             base_alphas_cumprod=self.base_alphas_cumprod,
+            schedule=self.schedule,
         )
 
     def split_model_output(
@@ -361,50 +386,3 @@ class GaussianDiffusion:
     def prior_bpd(self, x_0: torch.Tensor) -> torch.Tensor:
         """KL(q(x_T | x_0) || N(0, I)) in bits/dim, (B,)."""
         return losses.prior_bpd(self, x_0)
-
-
-def create_diffusion(
-    *,
-    steps: int,
-    noise_schedule: str,
-    learn_sigma: bool,
-    sigma_small: bool = False,
-    predict_xstart: bool = False,
-    use_kl: bool = False,
-    rescale_learned_sigmas: bool = True,
-    rescale_timesteps: bool = False,
-    timestep_respacing: int | str | None = None,
-) -> GaussianDiffusion:
-    """Build a diffusion process from ADM's flags (as the reference ``create_gaussian_diffusion``).
-
-    Args:
-        steps: T of the original process (1000 for every released model).
-        noise_schedule: "linear" or "cosine".
-        learn_sigma: the network outputs the variance too (LEARNED_RANGE); else fixed variance.
-        sigma_small: with a fixed variance, use beta_tilde_t (FIXED_SMALL) rather than beta_t (FIXED_LARGE).
-        predict_xstart: the network predicts x_0 instead of eps.
-        use_kl: train on the variational bound (RESCALED_KL) instead of L_simple.
-        rescale_learned_sigmas: with L_simple, scale the vb term by T/1000 (RESCALED_MSE); else MSE.
-        rescale_timesteps: hand the network ``t * 1000 / T`` as a float.
-        timestep_respacing: None / "" for all steps, else see ``GaussianDiffusion.respace``.
-    """
-    if use_kl:
-        loss_type = LossType.RESCALED_KL
-    elif rescale_learned_sigmas:
-        loss_type = LossType.RESCALED_MSE
-    else:
-        loss_type = LossType.MSE
-    if learn_sigma:
-        var_type = ModelVarType.LEARNED_RANGE
-    else:
-        var_type = ModelVarType.FIXED_SMALL if sigma_small else ModelVarType.FIXED_LARGE
-    diffusion = GaussianDiffusion(
-        betas=named_beta_schedule(noise_schedule, steps),
-        model_mean_type=ModelMeanType.START_X if predict_xstart else ModelMeanType.EPSILON,
-        model_var_type=var_type,
-        loss_type=loss_type,
-        rescale_timesteps=rescale_timesteps,
-    )
-    if timestep_respacing is None or timestep_respacing == "":
-        return diffusion
-    return diffusion.respace(timestep_respacing)

@@ -1,7 +1,8 @@
 """Likelihood terms and training losses of a Gaussian diffusion.
 
 All functions take network *outputs*, never the network, except ``calc_bpd`` (an evaluation loop that
-needs one forward pass per timestep). ``diffusion`` is an ``adm.diffusion.GaussianDiffusion``.
+needs one forward pass per timestep). ``diffusion`` is an ``adm.diffusion.GaussianDiffusion``; this module
+only uses its methods, so it does not import ``gaussian.py`` (which imports this one).
 
 Terms (Ho et al. 2020, Nichol & Dhariwal 2021):
   L_simple = || target - model_mean_output ||^2 (target: eps, x_0 or the posterior mean);
@@ -14,13 +15,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-if TYPE_CHECKING:
-    from adm.diffusion.gaussian import GaussianDiffusion
+from adm.diffusion.types import LossType, ModelMeanType
 
 __all__ = [
     "mean_flat",
@@ -34,6 +34,8 @@ __all__ = [
 ]
 
 _LOG2 = math.log(2.0)
+
+GaussianDiffusion = Any  # an adm.diffusion.GaussianDiffusion (see the module docstring)
 
 
 def mean_flat(x: torch.Tensor) -> torch.Tensor:
@@ -136,8 +138,6 @@ def training_losses(
         zero when the variance is fixed) is computed with the mean output detached and multiplied by T/1000
         for RESCALED_MSE. For KL losses: loss = vb (times T for RESCALED_KL) and mse is reported detached.
     """
-    from adm.diffusion.gaussian import LossType, ModelMeanType  # local: gaussian imports this module
-
     mean_output, var_output = diffusion.split_model_output(model_output, x_t)
     if diffusion.model_mean_type == ModelMeanType.EPSILON:
         target = eps

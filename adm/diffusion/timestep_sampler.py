@@ -9,12 +9,9 @@ every rank holds the same state and draws from the same distribution.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
-if TYPE_CHECKING:
-    from adm.diffusion.gaussian import GaussianDiffusion
+from adm.diffusion.gaussian import GaussianDiffusion
 
 __all__ = ["TimestepSampler", "UniformSampler", "LossSecondMomentSampler", "create_timestep_sampler"]
 

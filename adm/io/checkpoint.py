@@ -15,9 +15,7 @@ holding only plain Python types and tensors (it loads with ``torch.load(weights_
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,13 +26,14 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 
+from adm.io.files import atomic_torch_save
+
 __all__ = [
     "CONFIG_KEY",
     "EMA_KEY",
     "AtomicCheckpointIO",
     "LastCheckpoint",
     "TrainedCheckpoint",
-    "atomic_torch_save",
     "check_plain",
     "load_checkpoint",
 ]
@@ -44,44 +43,10 @@ EMA_KEY = "adm_ema"
 RAW_KEY = "current_model_state"  # Lightning's WeightAveraging name for the raw weights
 _NETWORK_KEYS = {"model": "unet", "classifier": "classifier"}  # config section -> LightningModule attribute
 _NETWORK_TARGETS = ("adm.nn.UNet", "adm.nn.SuperResUNet", "adm.nn.EncoderUNet")
-_DIFFUSION_TARGET = "adm.diffusion.create_diffusion"
+_DIFFUSION_TARGET = "adm.diffusion.GaussianDiffusion.from_schedule"
 
 
 # --- writing ------------------------------------------------------------------------------------------------
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace`` onto `path`.
-
-    A crash or kill at any moment leaves either the old file or the new one at `path`, never a partial one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    # Make the rename itself durable.
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def check_plain(obj: Any, where: str = "checkpoint") -> None:
     """Raise ValueError unless `obj` holds only dicts, lists, tuples, str, int, float, bool, None, tensors."""
     if obj is None or isinstance(obj, str | int | float | bool | torch.Tensor):
@@ -203,12 +168,12 @@ def _build(cfg: Mapping[str, Any], allowed: tuple[str, ...], what: str) -> Any:
         )
     kwargs = {k: v for k, v in cfg.items() if k != "_target_"}
     if what == "diffusion":
-        from adm.diffusion import create_diffusion
+        from adm.diffusion import GaussianDiffusion
 
-        return create_diffusion(**kwargs)
-    from adm.presets import build_network
+        return GaussianDiffusion.from_schedule(**kwargs)
+    from adm import nn as adm_nn  # the allowed targets are the network classes of adm.nn
 
-    return build_network(dict(cfg))
+    return getattr(adm_nn, target.rsplit(".", 1)[1])(**kwargs)
 
 
 def _select_weights(
@@ -251,6 +216,7 @@ def load_checkpoint(
         ValueError: not one of our checkpoints, a corrupt / truncated file (read with ``weights_only=True``:
             nothing is unpickled), an unknown EMA rate, or weights that do not fit the network.
     """
+    from adm.compat.diffusion import LEGACY_TARGET, legacy_diffusion_config
     from adm.io.safe_load import safe_torch_load
     from adm.nn import load_state_dict_checked
 
@@ -265,13 +231,20 @@ def load_checkpoint(
     section = "model" if "model" in config else "classifier" if "classifier" in config else None
     if section is None or "diffusion" not in config:
         raise ValueError(f"{path}: '{CONFIG_KEY}' needs a 'model' or 'classifier' and a 'diffusion' section")
+    if config["diffusion"].get("_target_") == LEGACY_TARGET:
+        # Written before our own diffusion vocabulary: OpenAI-style flags, translated by adm.compat.
+        config = {**config, "diffusion": legacy_diffusion_config(config["diffusion"])}
     state, weights, rates = _select_weights(ckpt, ema)
     prefix = _NETWORK_KEYS[section] + "."
     net_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     if not net_state:
         raise ValueError(f"{path}: no '{prefix}*' weights in the checkpoint's state dict")
 
-    network = _build(config[section], _NETWORK_TARGETS, "network")
+    net_cfg = config[section]
+    if net_cfg.get("_target_") == "adm.nn.SuperResUNet" and "low_res_size" not in net_cfg:
+        # Older upsampler checkpoints kept the low-res side at the top level of their config.
+        net_cfg = {**net_cfg, "low_res_size": config.get("low_res_size")}
+    network = _build(net_cfg, _NETWORK_TARGETS, "network")
     load_state_dict_checked(network, net_state)
     network.to(map_location).eval()
     diffusion = _build(config["diffusion"], (_DIFFUSION_TARGET,), "diffusion")

@@ -3,13 +3,13 @@
 from adm.lit.classifier import ClassifierModule
 from adm.lit.diffusion import DiffusionModule
 from adm.lit.optim import WarmupLinearAnneal, warmup_linear_anneal
-from adm.lit.resume import ExactResume, ResumableLoader
+from adm.lit.resume import EpochEndResume, RandomStreams
 
 __all__ = [
     "ClassifierModule",
     "DiffusionModule",
-    "ExactResume",
-    "ResumableLoader",
+    "EpochEndResume",
+    "RandomStreams",
     "WarmupLinearAnneal",
     "warmup_linear_anneal",
 ]

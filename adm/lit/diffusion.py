@@ -18,7 +18,12 @@ class DiffusionModule(TrainModule):
     """Denoising training of `unet` on the process `diffusion` (Ho et al. / Nichol & Dhariwal objective).
 
     One step: t ~ timestep_sampler, eps ~ N(0, I), x_t = q_sample(x_0, t, eps),
-    model_output = unet(x_t, model_timesteps(t), y), loss = mean(weights * training_losses(...)["loss"]).
+    model_output = unet(x_t, model_timesteps(t), **model_kwargs(batch)),
+    loss = mean(weights * training_losses(...)["loss"]).
+
+    The network's conditioning comes from :meth:`model_kwargs` (labels here; subclasses add more, e.g. the
+    upsampler's ``low_res``). ``conditions_on_images`` tells callbacks that draw samples whether that
+    conditioning needs real images (a batch) or only labels.
 
     Args:
         unet: ``UNet`` (forward(x, t, y)). Class labels are passed when ``unet.num_classes`` is not None.
@@ -27,6 +32,8 @@ class DiffusionModule(TrainModule):
 
     Logs: train/loss, train/loss_mse, train/loss_vb and each by timestep quartile (train/loss_q0 .. _q3, ...).
     """
+
+    conditions_on_images: bool = False  # model_kwargs needs at most a batch's labels, never its images
 
     def __init__(
         self,
@@ -44,17 +51,28 @@ class DiffusionModule(TrainModule):
         self.unet = unet
         self.diffusion = diffusion
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """model_output (B, C or 2C, H, W) for x_t (B, C, H, W) at diffusion indices t (B,) int64."""
-        return self.unet(x_t, self.diffusion.model_timesteps(t), y)
+    def model_kwargs(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The network's conditioning for a batch (x_0 (B, C, H, W), y (B,)): ``{"y": y}`` or ``{}``.
+
+        ``{"y": y}`` when the network is class-conditional (``unet.num_classes`` set), else ``{}``.
+        """
+        _, y = batch
+        return {"y": y} if self.unet.num_classes is not None else {}
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, **model_kwargs: torch.Tensor) -> torch.Tensor:
+        """model_output (B, C or 2C, H, W) for x_t (B, C, H, W) at diffusion indices t (B,) int64.
+
+        ``model_kwargs``: the network's conditioning, e.g. from :meth:`model_kwargs` (``y``, ``low_res``).
+        """
+        return self.unet(x_t, self.diffusion.model_timesteps(t), **model_kwargs)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x_0, y = batch
+        x_0 = batch[0]
         t_cpu, weights = self.timestep_sampler.sample(x_0.shape[0], "cpu")
         t, weights = t_cpu.to(self.device), weights.to(self.device)
         eps = torch.randn_like(x_0)
         x_t = self.diffusion.q_sample(x_0, t, eps)
-        model_output = self(x_t, t, y if self.unet.num_classes is not None else None)
+        model_output = self.unet(x_t, self.diffusion.model_timesteps(t), **self.model_kwargs(batch))
         terms = self.diffusion.training_losses(model_output, x_0, x_t, t, eps)
 
         # The loss-aware sampler learns from every rank's losses, so all ranks keep the same history.

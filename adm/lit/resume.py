@@ -1,16 +1,25 @@
-"""Bit-exact resume: a train loader that restarts mid-epoch, and every rank's random streams in checkpoints.
+"""Bit-exact resume: every rank's random streams in checkpoints; epoch-end checkpoints that restart cleanly.
 
-Lightning restores weights, optimizer, lr schedule, grad scaler, loop counters and callback states by itself.
-What it leaves out, and :class:`ExactResume` adds:
+Lightning restores weights, optimizer, lr schedule, grad scaler, loop counters and callback states by itself,
+and the train loader of our datamodules saves its own position (:mod:`adm.data.loading`). Two callbacks add
+the rest (``conf/callbacks/exact_resume.yaml`` configures both):
 
-- the data order: the train loader's shuffle becomes a ``DistributedSampler`` seeded by ``(seed, epoch)``
-  (one replica per rank, so it also shards the data), its worker seeds come from a generator seeded by
-  ``(seed, epoch, rank)``, and the loader records how many batches of the epoch it handed out, so a resumed
-  run continues with the very next batch (Lightning stores the loader's ``state_dict`` in the checkpoint);
-- the random streams (torch CPU / CUDA, NumPy, Python) of every rank at the moment of the checkpoint, restored
-  when training restarts; a fresh multi-process run gives each rank its own streams (seed + rank);
-- validation leaves the training streams untouched: the val loaders get their own generator, and the
-  streams are restored after each validation run.
+- :class:`RandomStreams`: the random streams (torch CPU / CUDA, NumPy, Python) of every rank at the moment of
+  the checkpoint, restored when training restarts (a fresh multi-process run gives each rank its own streams,
+  seed + rank); validation leaves the training streams untouched (they are restored after each validation
+  run).
+- :class:`EpochEndResume`: a checkpoint written at the end of an epoch restarts at the start of the next one.
+  Lightning's loops restart an iteration-based run (``max_steps``) from a checkpoint written in
+  ``on_train_epoch_end`` (``last.ckpt`` of :class:`~adm.io.checkpoint.LastCheckpoint`, ``ModelCheckpoint``
+  with ``save_on_train_epoch_end``) by running that epoch's end a second time: the epoch counter moves on
+  twice, the next epoch's ``set_epoch`` skips one data order, and the batches differ from an uninterrupted
+  run. A checkpoint written after the last batch of an epoch (``on_train_batch_end``) restarts with the right
+  batches, but without counting the next epoch as started. Both are rewritten, while the checkpoint is
+  loaded, into the loop state an uninterrupted run has between the two epochs. (A run by epochs,
+  ``max_epochs`` without ``max_steps``, restores no loader position from such a checkpoint; the datamodule
+  starts its train loader at ``trainer.current_epoch``, which the rewrite makes the next epoch.)
+  Epoch-interval lr schedulers step after ``on_train_epoch_end``, so their step is not in such a checkpoint
+  (ours step per optimizer step).
 
 With ``num_workers=0`` (in-process augmentation) a resumed CPU run is bit-identical to an uninterrupted one.
 With worker processes the batches are the same; random augmentations inside workers restart their streams.
@@ -20,7 +29,6 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -28,9 +36,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_warn
-from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
-__all__ = ["ExactResume", "ResumableLoader", "capture_rng_state", "restore_rng_state", "make_resumable"]
+__all__ = ["EpochEndResume", "RandomStreams", "between_epochs", "capture_rng_state", "restore_rng_state"]
 
 RNG_KEY = "rng_states"
 
@@ -80,176 +87,25 @@ def _seed_process(seed: int) -> None:
     random.seed(seed)
 
 
-# --- the loader ---------------------------------------------------------------------------------------------
-class _SkipFirstBatches:
-    """Batch-index sampler dropping the first ``loader._skip`` batches of one pass (indices only, no data)."""
-
-    def __init__(self, base: Any, loader: ResumableLoader):
-        self.base = base
-        self.loader = loader
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __iter__(self) -> Iterator[Any]:
-        skip, self.loader._skip = self.loader._skip, 0
-        it = iter(self.base)
-        for _ in range(skip):
-            next(it, None)
-        yield from it
-
-
-class _Counting:
-    def __init__(self, it: Iterator[Any], loader: ResumableLoader):
-        self.it = it
-        self.loader = loader
-
-    def __iter__(self) -> _Counting:
-        return self
-
-    def __next__(self) -> Any:
-        batch = next(self.it)
-        self.loader._consumed += 1
-        return batch
-
-
-class ResumableLoader(DataLoader):
-    """DataLoader whose position in the epoch is saved (``state_dict``) and restored (``load_state_dict``).
-
-    Use with a ``DistributedSampler`` (seeded shuffle, ``set_epoch``) so an epoch's order is reproducible;
-    `seed` and `rank` seed the generator behind the worker seeds of each pass.
-    """
-
-    def __init__(self, *args: Any, seed: int = 0, rank: int = 0, **kwargs: Any):
-        kwargs.setdefault("generator", torch.Generator())
-        super().__init__(*args, **kwargs)
-        self.seed = int(seed)
-        self.rank = int(rank)
-        self._consumed = 0  # batches handed out in the current pass (including skipped ones)
-        self._skip = 0  # batches to skip at the start of the next pass
-
-    @property
-    def _index_sampler(self) -> Any:
-        base = self.batch_sampler if self._auto_collation else self.sampler
-        return _SkipFirstBatches(base, self)
-
-    def _epoch(self) -> int:
-        return int(getattr(self.sampler, "epoch", 0))
-
-    def __iter__(self) -> Iterator[Any]:
-        self.generator.manual_seed(hash((self.seed, self._epoch(), self.rank)) % 2**63)
-        self._consumed = self._skip
-        return _Counting(super().__iter__(), self)
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self._epoch(), "consumed": self._consumed}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        epoch, consumed = int(state["epoch"]), int(state["consumed"])
-        if consumed >= len(self):  # saved on the last batch: the next pass is a new epoch
-            epoch, consumed = epoch + 1, 0
-        if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(epoch)
-        self._skip = consumed
-
-
-def make_resumable(loader: DataLoader, seed: int, rank: int, world_size: int) -> DataLoader:
-    """A :class:`ResumableLoader` with the settings of `loader`, a per-rank ``(seed, epoch)``-seeded sampler.
-
-    Loaders with a custom sampler or batch sampler, or an iterable dataset, are returned unchanged.
-    """
-    if isinstance(loader, ResumableLoader):
-        return loader
-    sampler = loader.sampler
-    plain_batches = type(loader.batch_sampler) is BatchSampler or loader.batch_sampler is None
-    if (
-        not plain_batches
-        or type(sampler) not in (RandomSampler, SequentialSampler)
-        or loader.batch_size is None
-    ):
-        rank_zero_warn(
-            f"the train loader uses {type(sampler).__name__} / {type(loader.batch_sampler).__name__}; "
-            "resuming from a mid-epoch checkpoint will not continue its exact batch order"
-        )
-        return loader
-    new_sampler = DistributedSampler(
-        loader.dataset,
-        num_replicas=world_size,
-        rank=rank,
-        shuffle=isinstance(sampler, RandomSampler),
-        seed=seed,
-    )
-    extra: dict[str, Any] = {}
-    if loader.num_workers > 0:
-        extra["prefetch_factor"] = loader.prefetch_factor
-        extra["persistent_workers"] = loader.persistent_workers
-    return ResumableLoader(
-        loader.dataset,
-        batch_size=loader.batch_size,
-        sampler=new_sampler,
-        num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn,
-        pin_memory=loader.pin_memory,
-        drop_last=loader.drop_last,
-        timeout=loader.timeout,
-        worker_init_fn=loader.worker_init_fn,
-        multiprocessing_context=loader.multiprocessing_context,
-        seed=seed,
-        rank=rank,
-        **extra,
-    )
-
-
-# --- the callback -------------------------------------------------------------------------------------------
-class ExactResume(Callback):
-    """Everything beyond Lightning's own state that a bit-exact resume needs (see the module docstring).
+# --- random streams in checkpoints -------------------------------------------------------------------------
+class RandomStreams(Callback):
+    """Per-rank random streams in checkpoints; validation that does not move them (see the module docstring).
 
     Args:
-        seed: base seed of the data order and of the per-rank streams; None takes Lightning's global seed
-            (``seed_everything``; ``PL_GLOBAL_SEED``).
+        seed: base seed of the per-rank streams of a fresh multi-process run; None takes Lightning's global
+            seed (``seed_everything``; ``PL_GLOBAL_SEED``).
     """
 
     def __init__(self, *, seed: int | None):
         self.seed = seed
         self._restore: dict[str, torch.Tensor] | None = None
         self._before_validation: dict[str, torch.Tensor] | None = None
-        self._patched: pl.LightningDataModule | None = None
 
     def _base_seed(self) -> int:
         if self.seed is not None:
             return int(self.seed)
         return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        datamodule = trainer.datamodule
-        if stage != "fit" or datamodule is None or self._patched is not None:
-            return
-        original_train, original_val = datamodule.train_dataloader, datamodule.val_dataloader
-        seed, rank, world = self._base_seed(), trainer.global_rank, trainer.world_size
-
-        def train_dataloader() -> Any:
-            return make_resumable(original_train(), seed=seed, rank=rank, world_size=world)
-
-        def val_dataloader() -> Any:
-            # Each DataLoader iterator draws a worker base seed; from the loader's own generator it leaves the
-            # training streams alone (Lightning also builds a val iterator when it fast-forwards a resume).
-            loaders = original_val()
-            for loader in loaders if isinstance(loaders, list | tuple) else [loaders]:
-                if isinstance(loader, DataLoader) and loader.generator is None:
-                    loader.generator = torch.Generator().manual_seed(seed + rank)
-            return loaders
-
-        # instance attributes: only this datamodule, only this fit
-        datamodule.train_dataloader, datamodule.val_dataloader = train_dataloader, val_dataloader
-        self._patched = datamodule
-
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self._patched is not None:
-            vars(self._patched).pop("train_dataloader", None)
-            vars(self._patched).pop("val_dataloader", None)
-            self._patched = None
-
-    # random streams in checkpoints
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
@@ -295,3 +151,84 @@ class ExactResume(Callback):
         if not trainer.sanity_checking and self._before_validation is not None:
             restore_rng_state(self._before_validation)
             self._before_validation = None
+
+
+# --- checkpoints written at an epoch's end -----------------------------------------------------------------
+def _counts(progress: dict[str, Any]) -> tuple[int, ...]:
+    total = progress["total"]
+    return tuple(int(total.get(k, 0)) for k in ("ready", "started", "processed", "completed"))
+
+
+def _add(progress: dict[str, Any], field: str, n: int = 1) -> None:
+    for part in ("total", "current"):
+        progress[part][field] += n
+
+
+def _zero(counts: dict[str, int]) -> None:
+    for k in counts:
+        counts[k] = 0
+
+
+def between_epochs(fit_loop: dict[str, Any]) -> str | None:
+    """Rewrite, in place, a fit loop's saved state at the end of an epoch into the state between two epochs.
+
+    Args:
+        fit_loop: ``checkpoint["loops"]["fit_loop"]`` (Lightning 2.x layout: flat keys such as
+            ``"epoch_progress"``, ``"epoch_loop.batch_progress"``).
+    Returns:
+        "epoch_end" (written in ``on_train_epoch_end``: the epoch is counted processed, not completed),
+        "last_batch" (written in ``on_train_batch_end`` after the epoch's last batch: that batch is counted
+        processed, not completed), or None (anything else: left as it is).
+    """
+    try:
+        epochs = fit_loop["epoch_progress"]
+        batches = fit_loop["epoch_loop.batch_progress"]
+        e_ready, e_started, e_processed, e_completed = _counts(epochs)
+        b_ready, b_started, b_processed, b_completed = _counts(batches)
+    except (KeyError, TypeError):
+        return None  # another layout: Lightning's own restart logic applies
+    if e_ready == e_started == e_processed == e_completed + 1:
+        kind = "epoch_end"
+        _add(epochs, "completed")
+    elif (
+        e_ready == e_started == e_processed + 1
+        and e_processed == e_completed
+        and b_ready == b_started == b_processed == b_completed + 1
+        and batches.get("is_last_batch")
+    ):
+        kind = "last_batch"
+        _add(batches, "completed")
+        _add(epochs, "processed")
+        _add(epochs, "completed")
+        # Lightning counts the stepped batch after on_train_batch_end (its own restart adds it back too)
+        stepped = fit_loop.get("epoch_loop.state_dict", {})
+        if "_batches_that_stepped" in stepped:
+            stepped["_batches_that_stepped"] += 1
+    else:
+        return None
+    # what the next epoch's start resets (``_TrainingEpochLoop.reset`` of a run that is not restarting)
+    _zero(batches["current"])
+    batches["is_last_batch"] = False
+    if "epoch_loop.scheduler_progress" in fit_loop:
+        _zero(fit_loop["epoch_loop.scheduler_progress"]["current"])
+    optimizers = fit_loop.get("epoch_loop.automatic_optimization.optim_progress", {}).get("optimizer", {})
+    for progress in optimizers.values():
+        _zero(progress["current"])
+    if "epoch_loop.val_loop.batch_progress" in fit_loop:
+        _zero(fit_loop["epoch_loop.val_loop.batch_progress"]["total"])
+    return kind
+
+
+class EpochEndResume(Callback):
+    """Checkpoints written at the end of an epoch restart at the start of the next (see the module docstring).
+
+    Works while the checkpoint is loaded, so it serves every checkpoint, whoever wrote it; the train loader's
+    own state (at the end of its epoch) starts the next epoch by itself (:class:`adm.data.ShardSampler`).
+    """
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        fit_loop = checkpoint.get("loops", {}).get("fit_loop")
+        if isinstance(fit_loop, dict):
+            between_epochs(fit_loop)

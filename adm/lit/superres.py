@@ -24,25 +24,28 @@ __all__ = ["SuperResModule"]
 class SuperResModule(DiffusionModule):
     """Denoising training of an upsampler on (x_0, low_res) pairs made from the high-resolution batch.
 
-    low_res = downsample_area(x_0, low_res_size): area averaging, i.e. antialiased (OpenAI's upsampler
+    low_res = downsample_area(x_0, unet.low_res_size): area averaging, i.e. antialiased (OpenAI's upsampler
     training uses the same ``F.interpolate(..., mode="area")``); the network resizes it back bilinearly and
-    sees it next to x_t. One step is :class:`DiffusionModule`'s with ``low_res`` passed to the network.
+    sees it next to x_t. One step is :class:`DiffusionModule`'s, with ``low_res`` added to the network's
+    conditioning by :meth:`model_kwargs`.
 
     Args:
-        unet: a ``SuperResUNet`` (forward(x, t, low_res, y)); labels are passed when ``unet.num_classes``
-            is set.
+        unet: a ``SuperResUNet`` (forward(x, t, low_res, y)) that knows its ``low_res_size`` (64 for
+            64 -> 256, 14 for MNIST 14 -> 28; set by the model preset, ``model.low_res_size``). Labels are
+            passed when ``unet.num_classes`` is set.
         diffusion: the (un-respaced) training process.
-        low_res_size: side of the low-resolution input (64 for 64 -> 256, 14 for MNIST 14 -> 28). It is
-            recorded in the checkpoint's config under ``"low_res_size"``.
-        timestep_sampler, optimizer, lr_schedule, config: see :class:`~adm.lit.common.TrainModule`.
+        timestep_sampler, optimizer, lr_schedule, config: see :class:`~adm.lit.common.TrainModule`. The
+            network's ``low_res_size`` is written into ``config["model"]`` when that section lacks it, so a
+            checkpoint rebuilds an upsampler that knows it.
     """
+
+    conditions_on_images = True  # low_res comes from real high-resolution images
 
     def __init__(
         self,
         *,
         unet: nn.Module,
         diffusion: GaussianDiffusion,
-        low_res_size: int,
         timestep_sampler: TimestepSampler,
         optimizer: OptimizerFactory,
         lr_schedule: ScheduleFactory | None = None,
@@ -54,14 +57,19 @@ class SuperResModule(DiffusionModule):
                 "use an upsampler preset such as model=adm_sr_64_256, or train a base model with "
                 "scripts/train.py"
             )
-        low_res_size = int(low_res_size)
-        if not 1 <= low_res_size < unet.image_size:
+        if unet.low_res_size is None:
             raise ValueError(
-                f"low_res_size={low_res_size} must be between 1 and the upsampler's image_size "
-                f"{unet.image_size} (exclusive); e.g. low_res_size=64 for a 256 px upsampler"
+                "the upsampler was built without low_res_size, the side of its low-resolution input; set "
+                "model.low_res_size (e.g. 64 for a 64 -> 256 upsampler)"
             )
-        if config is not None:
-            config = {**config, "low_res_size": low_res_size}
+        if config is not None and "model" in config:
+            recorded = config["model"].get("low_res_size")
+            if recorded is not None and recorded != unet.low_res_size:
+                raise ValueError(
+                    f'config["model"]["low_res_size"]={recorded} but the upsampler was built with '
+                    f"low_res_size={unet.low_res_size}; pass the config the network was built from"
+                )
+            config = {**config, "model": {**config["model"], "low_res_size": unet.low_res_size}}
         super().__init__(
             unet=unet,
             diffusion=diffusion,
@@ -70,32 +78,16 @@ class SuperResModule(DiffusionModule):
             lr_schedule=lr_schedule,
             config=config,
         )
-        self.low_res_size = low_res_size
-        self._batch_low_res: torch.Tensor | None = None  # low_res of the batch being trained on
+
+    @property
+    def low_res_size(self) -> int:
+        """Side of the low-resolution input (the network's ``low_res_size``)."""
+        return self.unet.low_res_size
 
     def low_res(self, x_0: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) high-res images -> (B, C, low_res_size, low_res_size) area-downsampled copies."""
         return downsample_area(x_0, self.low_res_size)
 
-    def forward(
-        self,
-        x_t: torch.Tensor,
-        t: torch.Tensor,
-        y: torch.Tensor | None = None,
-        low_res: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """model_output (B, C or 2C, H, W) for x_t (B, C, H, W) at indices t (B,), given low_res (B, C, h, w).
-
-        Without `low_res` the low-resolution copy of the current training batch is used.
-        """
-        if low_res is None:
-            low_res = self._batch_low_res
-        return self.unet(x_t, self.diffusion.model_timesteps(t), low_res=low_res, y=y)
-
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        # The parent step calls self(x_t, t, y); the batch's low_res reaches forward() through this attribute.
-        self._batch_low_res = self.low_res(batch[0])
-        try:
-            return super().training_step(batch, batch_idx)
-        finally:
-            self._batch_low_res = None
+    def model_kwargs(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """:meth:`DiffusionModule.model_kwargs` plus ``"low_res"``: the batch's x_0, area-downsampled."""
+        return {**super().model_kwargs(batch), "low_res": self.low_res(batch[0])}

@@ -2,12 +2,23 @@
 
 Features come from a `FeatureExtractor` (`load_inception()` for FID / sFID / IS / precision / recall on
 natural images, `DomainFeatureExtractor` for small domains such as MNIST); the metrics are plain functions
-on features; `evaluate(samples, reference, extractor)` ties them together for `.npz` sample files.
+on features; `evaluate(samples, reference, extractor)` ties them together for `.npz` sample files (read by
+`adm.io.samples`). The metrics themselves are listed once, in `adm.metrics.names.METRIC_TABLE`.
 """
 
 from __future__ import annotations
 
+from adm.io.samples import (
+    NpzImages,
+    ReferenceBatch,
+    as_uint8_nchw,
+    load_reference,
+    open_samples,
+    quantize,
+    save_npz,
+)
 from adm.metrics.accuracy import class_accuracy
+from adm.metrics.build import build_extractor
 from adm.metrics.domain import DomainClassifier, DomainFeatureExtractor, train_domain_classifier
 from adm.metrics.evaluate import (
     METRICS,
@@ -18,22 +29,23 @@ from adm.metrics.evaluate import (
     reference_features,
     resolve_metrics,
 )
-from adm.metrics.extractor import FEATURE_KINDS, FeatureExtractor, build_extractor
+from adm.metrics.extractor import FEATURE_KINDS, FeatureExtractor
 from adm.metrics.fid import fid_from_features, frechet_distance, gaussian_stats
-from adm.metrics.images import as_uint8_nchw, float_to_uint8
 from adm.metrics.inception import InceptionExtractor, load_inception, resolve_inception_weights
 from adm.metrics.inception_score import inception_score
-from adm.metrics.npz import NpzImages, ReferenceBatch, load_reference, open_samples, save_npz
+from adm.metrics.names import METRIC_TABLE, Metric
 from adm.metrics.precision_recall import precision_recall
 
 __all__ = [
     "FEATURE_KINDS",
     "METRICS",
+    "METRIC_TABLE",
     "DomainClassifier",
     "DomainFeatureExtractor",
     "FeatureExtractor",
     "FeatureSet",
     "InceptionExtractor",
+    "Metric",
     "NpzImages",
     "ReferenceBatch",
     "as_uint8_nchw",
@@ -43,7 +55,6 @@ __all__ = [
     "evaluate",
     "extract_features",
     "fid_from_features",
-    "float_to_uint8",
     "frechet_distance",
     "gaussian_stats",
     "inception_score",
@@ -51,6 +62,7 @@ __all__ = [
     "load_reference",
     "open_samples",
     "precision_recall",
+    "quantize",
     "reference_features",
     "resolve_inception_weights",
     "resolve_metrics",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adm.io.files import atomic_torch_save
+from adm.io.samples import ImageBatch, as_uint8_nchw
 from adm.metrics.extractor import FeatureExtractor
-from adm.metrics.images import ImageBatch, as_uint8_nchw
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +86,8 @@ class DomainClassifier(nn.Module):
 
     def save(self, path: str | Path) -> None:
         """Write {"kwargs": constructor arguments, "state_dict": weights} (plain tensors; atomic)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
-        torch.save({"kwargs": self.init_kwargs(), "state_dict": state}, tmp)
-        os.replace(tmp, path)
+        atomic_torch_save({"kwargs": self.init_kwargs(), "state_dict": state}, path)
 
     @classmethod
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> DomainClassifier:

@@ -15,24 +15,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from adm.io.samples import ImageBatch, NpzImages, ReferenceBatch, load_reference, open_samples
 from adm.metrics.accuracy import class_accuracy
 from adm.metrics.extractor import FeatureExtractor
 from adm.metrics.fid import frechet_distance, gaussian_stats
-from adm.metrics.images import ImageBatch
 from adm.metrics.inception_score import SPLIT_SIZE, inception_score
-from adm.metrics.npz import NpzImages, ReferenceBatch, load_reference, open_samples
+from adm.metrics.names import METRIC_KINDS, METRIC_TABLE, METRICS, NEEDS_REFERENCE
 from adm.metrics.precision_recall import NEAREST_K, precision_recall
 
-# metric -> feature kind it reads
-METRIC_KINDS = {
-    "fid": "pool",
-    "sfid": "spatial",
-    "is": "logits",
-    "precision": "pool",
-    "recall": "pool",
-    "accuracy": "logits",
-}
-METRICS = tuple(METRIC_KINDS)
+__all__ = [
+    "METRICS",
+    "METRIC_KINDS",
+    "FeatureSet",
+    "compute_metrics",
+    "evaluate",
+    "extract_features",
+    "reference_features",
+    "resolve_metrics",
+]
 
 
 @dataclass
@@ -171,12 +171,7 @@ def extract_features(
 
 
 # For the reference: metric -> (kind, whether precomputed Gaussian statistics suffice)
-_REFERENCE_NEEDS = {
-    "fid": ("pool", True),
-    "sfid": ("spatial", True),
-    "precision": ("pool", False),
-    "recall": ("pool", False),
-}
+_REFERENCE_NEEDS = {m.name: (m.kind, m.reference == "stats") for m in METRIC_TABLE if m.needs_reference}
 
 
 def reference_features(
@@ -239,7 +234,7 @@ def compute_metrics(
             f"samples from {samples.extractor!r}"
         )
     out: dict[str, float] = {}
-    if any(m in metrics for m in ("fid", "sfid", "precision", "recall")) and reference is None:
+    if any(m in NEEDS_REFERENCE for m in metrics) and reference is None:
         raise ValueError(f"metrics {list(metrics)} need a reference batch")
     if "fid" in metrics:
         out["fid"] = frechet_distance(*samples.gaussian("pool"), *reference.gaussian("pool"))
@@ -299,7 +294,7 @@ def evaluate(
                 "class accuracy needs the samples' labels ('arr_1' in the sample files, or labels=)"
             )
         metrics.remove("accuracy")
-    needs_reference = any(m in metrics for m in _REFERENCE_NEEDS)
+    needs_reference = any(m in NEEDS_REFERENCE for m in metrics)
     ref_feats = None
     if needs_reference:
         if reference is None:

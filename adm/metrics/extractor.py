@@ -1,13 +1,11 @@
-"""The one interface every metric reads features through."""
+"""The one interface every metric reads features through (``adm.metrics.build`` picks an implementation)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from adm.metrics.images import ImageBatch, as_uint8_nchw
+from adm.io.samples import ImageBatch, as_uint8_nchw
 
 # Names of the feature kinds an extractor may provide (the metric functions pick theirs by name):
 #   "pool"    (N, D) global features: FID, precision / recall     (Inception pool_3: D = 2048)
@@ -20,7 +18,7 @@ class FeatureExtractor(nn.Module):
     """Maps image batches to named feature arrays.
 
     Subclasses set `name` and `provides` and implement `extract(x)` on (N, C, H, W) uint8 tensors already on
-    the extractor's device. `features(images)` accepts any layout from `adm.metrics.images` and returns
+    the extractor's device. `features(images)` accepts either layout of `adm.io.samples` and returns
     float32 tensors on the extractor's device.
     """
 
@@ -54,30 +52,3 @@ class FeatureExtractor(nn.Module):
         finally:
             self.train(was_training)
         return {kind: value.float() for kind, value in out.items()}
-
-
-def build_extractor(
-    kind: str,
-    *,
-    inception_weights: str | Path | None = None,
-    domain_ckpt: str | Path | None = None,
-    cache_dir: str | Path | None = None,
-    device: str | torch.device = "cpu",
-) -> FeatureExtractor:
-    """ "inception" (OpenAI's evaluator network; weights as in `adm.metrics.inception`) or "domain" (a
-    `DomainClassifier` checkpoint at `domain_ckpt`), moved to `device`."""
-    if kind == "inception":
-        from adm.metrics.inception import load_inception
-
-        extractor: FeatureExtractor = load_inception(inception_weights, cache_dir=cache_dir)
-    elif kind == "domain":
-        from adm.metrics.domain import DomainFeatureExtractor
-
-        if domain_ckpt is None:
-            raise ValueError(
-                "feature_extractor=domain needs domain_ckpt=PATH (a DomainClassifier saved with .save())"
-            )
-        extractor = DomainFeatureExtractor.from_checkpoint(domain_ckpt)
-    else:
-        raise ValueError(f"unknown feature extractor {kind!r}; choose 'inception' or 'domain'")
-    return extractor.to(device)

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adm.io.files import atomic_torch_save
 from adm.metrics.extractor import FeatureExtractor
 
 TORCH_FIDELITY_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
@@ -236,10 +237,7 @@ def convert_fid_helper_weights(torchscript_path: str | Path, cache_dir: str | Pa
         error = ((got - expected).norm() / expected.norm()).item()
     if not error < 1e-4:
         raise ValueError(f"converting {torchscript_path} failed its self-check (relative error {error:.2e})")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    torch.save(network.state_dict(), tmp)
-    os.replace(tmp, target)
+    atomic_torch_save(network.state_dict(), target)
     return target
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -25,12 +25,19 @@ def _listing(title: str, items: list[str]) -> str:
     return f"  {title} ({len(items)}):\n{shown}{more}"
 
 
-def load_state_dict_checked(module: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
+def load_state_dict_checked(
+    module: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    hint: Callable[[dict[str, tuple[int, ...]]], str] | None = None,
+) -> nn.Module:
     """``module.load_state_dict(state_dict, strict=True)`` with a readable error instead of a wall of keys.
 
+    Args:
+        hint: called with the checkpoint's ``{key: shape}`` map when it does not fit; its line ends the error
+            (``adm.config.preset_hint`` names the presets whose networks fit the checkpoint).
     Raises:
-        ValueError: listing missing, unexpected and mis-shaped keys (the first few of each, with counts)
-            and naming the presets (``conf/model``, ``conf/classifier``) whose networks fit the checkpoint.
+        ValueError: listing missing, unexpected and mis-shaped keys (the first few of each, with counts),
+            then the hint.
     Returns:
         ``module``.
     """
@@ -54,13 +61,8 @@ def load_state_dict_checked(module: nn.Module, state_dict: Mapping[str, torch.Te
         prefixes = {k.split(".", 1)[0] for k in unexpected if "." in k}
         if unexpected and len(prefixes) == 1 and len(unexpected) == len(given):
             parts.append(f"  hint: every key starts with {prefixes.pop()!r}.; strip that prefix first")
-        from adm.presets import fitting_presets  # local import: presets build networks from this package
-
-        fits = fitting_presets(given)
-        if fits:
-            parts.append(f"  presets that fit this checkpoint: {', '.join(fits)} (adm.presets.build_network)")
-        else:
-            parts.append("  no preset in conf/model or conf/classifier fits this checkpoint")
+        if hint is not None:
+            parts.append(f"  {hint(given)}")
         raise ValueError("\n".join(parts))
     module.load_state_dict(dict(state_dict), strict=True)
     return module

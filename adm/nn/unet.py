@@ -372,11 +372,76 @@ class UNet(nn.Module):
 class SuperResUNet(UNet):
     """ADM upsampler: a UNet that also sees ``low_res``, resized bilinearly to x's size and concatenated.
 
-    Same constructor as :class:`UNet` (``in_channels`` = image channels; the stem takes twice as many).
-    ``forward(x, t, low_res, y=None)``.
+    The :class:`UNet` arguments (``in_channels`` = image channels; the stem takes twice as many) plus
+    ``low_res_size``. ``forward(x, t, low_res, y=None)``.
+
+    Args:
+        low_res_size: side of the low-resolution images the upsampler is trained on / made for (64 for
+            64 -> 256 px): training area-downsamples x_0 to it and upsampling checks base images against it.
+            A plain attribute, not a weight (the state dict stays OpenAI's); None when unknown (e.g. OpenAI's
+            ``SuperResModel`` built directly). The forward pass resizes any low_res, as OpenAI's does.
+        the others: see :class:`UNet`.
     """
 
     _concat_low_res = True
+    _low_res_size: int | None = None  # also the value of adapters that bypass __init__ (adm.compat)
+
+    def __init__(
+        self,
+        *,
+        image_size: int,
+        in_channels: int,
+        model_channels: int,
+        num_res_blocks: int,
+        attention_resolutions: Sequence[int],
+        channel_mult: Sequence[float],
+        learn_sigma: bool,
+        num_classes: int | None,
+        low_res_size: int | None = None,
+        dropout: float = 0.0,
+        num_heads: int = 1,
+        num_head_channels: int = -1,
+        num_heads_upsample: int = -1,
+        use_scale_shift_norm: bool = True,
+        resblock_updown: bool = True,
+        use_new_attention_order: bool = False,
+        use_checkpoint: bool = False,
+    ) -> None:
+        super().__init__(
+            image_size=image_size,
+            in_channels=in_channels,
+            model_channels=model_channels,
+            num_res_blocks=num_res_blocks,
+            attention_resolutions=attention_resolutions,
+            channel_mult=channel_mult,
+            learn_sigma=learn_sigma,
+            num_classes=num_classes,
+            dropout=dropout,
+            num_heads=num_heads,
+            num_head_channels=num_head_channels,
+            num_heads_upsample=num_heads_upsample,
+            use_scale_shift_norm=use_scale_shift_norm,
+            resblock_updown=resblock_updown,
+            use_new_attention_order=use_new_attention_order,
+            use_checkpoint=use_checkpoint,
+        )
+        self.low_res_size = low_res_size
+
+    @property
+    def low_res_size(self) -> int | None:
+        """Side of the low-resolution input, between 1 and ``image_size`` (exclusive); None when unknown."""
+        return self._low_res_size
+
+    @low_res_size.setter
+    def low_res_size(self, value: int | None) -> None:
+        valid = isinstance(value, int) and not isinstance(value, bool) and 1 <= value < self.image_size
+        if value is not None and not valid:
+            raise ValueError(
+                f"low_res_size={value!r} must be an int between 1 and the upsampler's image_size "
+                f"{self.image_size} (exclusive), e.g. 64 for a 256 px upsampler (model.low_res_size in "
+                "configs, small_size in OpenAI's factories)"
+            )
+        self._low_res_size = value
 
     def forward(  # type: ignore[override]
         self,

@@ -4,13 +4,15 @@
     python scripts/demo.py scales=[0,1,2,4,8,16] reuse=true       # re-sample with the trained networks
     python scripts/demo.py 'diffusion_overrides=["trainer.max_steps=3000"]'
 
-1. a small CNN learns the real digits (train split): the independent ruler of step 4;
+1. a small CNN learns the real digits (train split): the independent ruler of step 4; the held-out digits
+   become the reference sample file ``${output_dir}/reference.npz``;
 2. the class-conditional ADM trains through scripts/train.py's recipe (experiment=demo_diffusion);
 3. the noisy classifier trains through scripts/train_classifier.py's recipe (experiment=demo_classifier);
-4. both come back from their checkpoints; every guidance scale samples the same seeds and balanced labels;
-   the CNN scores each scale (accuracy w.r.t. the requested class; FID / precision / recall of its features
-   against the held-out digits); a table is printed and written to ${output_dir}/summary.json, with the best
-   scale's samples in ${output_dir}/samples_grid.png (one row per class) and every scale's in grids/.
+4. every guidance scale is one run of scripts/sample.py's recipe (same seeds, balanced labels), scored by the
+   CNN (accuracy w.r.t. the requested class; FID / precision / recall of its features against the held-out
+   digits) into ``${output_dir}/samples/scale_<s>/metrics.json``; the sweep summary of those runs is printed
+   and written (``summary.csv``, ``summary.png``, ``summary.json``), with the best scale's samples in
+   ``${output_dir}/samples_grid.png`` (one row per class) and every scale's in ``grids/``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,19 +31,19 @@ import numpy as np
 import torch
 from hydra import compose
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
-from torchvision.utils import save_image
+from omegaconf import DictConfig
 
-from adm.demo import DomainRuler, balanced_labels, best_scale, class_grid, draw_samples, format_table
-from adm.io.checkpoint import TrainedCheckpoint, load_checkpoint
-from adm.metrics.domain import DomainClassifier, train_domain_classifier
-from adm.metrics.images import float_to_uint8
+from adm.io.samples import by_class, read_images, save_grid, save_npz
+from adm.metrics import build_extractor, evaluate, reference_features, train_domain_classifier
+from adm.metrics.names import metric_names
+from adm.recipes.sample import sample
+from adm.recipes.sweep import collect_runs, format_summary, plot_summary, write_summary
 from adm.recipes.train import train, train_classifier
-from adm.sampling.noise import sample_seed
 
 log = logging.getLogger("demo")
 
 TARGET_ACCURACY = 0.8
+METRICS = metric_names("accuracy", "fid", "precision", "recall")
 
 
 def scale_key(scale: float) -> str:
@@ -52,7 +54,10 @@ def scale_key(scale: float) -> str:
 def train_network(
     config_name: str, overrides: list[str], run_dir: Path, fit: Callable[[DictConfig], Any], reuse: bool
 ) -> Path:
-    """Compose `config_name` (conf/train*.yaml) with `overrides`, fit into `run_dir`; return its last.ckpt."""
+    """Compose `config_name` (conf/train*.yaml) with `overrides`, fit into `run_dir`; return its last.ckpt.
+
+    With `reuse`, a ``last.ckpt`` already in `run_dir` is returned without training.
+    """
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     if reuse and ckpt.is_file():
         log.info("reuse=true: keeping %s", ckpt)
@@ -73,30 +78,108 @@ def train_network(
     return ckpt
 
 
-def check_same_process(model: TrainedCheckpoint, classifier: TrainedCheckpoint) -> None:
-    """The classifier must have learned the noisy images of the model's diffusion process."""
-    keys = ("steps", "noise_schedule")
-    a = {k: model.config["diffusion"].get(k) for k in keys}
-    b = {k: classifier.config["diffusion"].get(k) for k in keys}
-    if a != b:
-        raise ValueError(
-            f"the classifier was trained on the process {b} but the diffusion model on {a}; train both with "
-            "the same `diffusion` config"
-        )
-
-
 def real_digits(
     images: np.ndarray, labels: np.ndarray, num_classes: int, per_class: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Up to `per_class` images of each class (as many for all), ordered like :func:`balanced_labels`."""
+    """Up to `per_class` images of each class (as many for all), ordered 0, 1, ..., K-1, 0, 1, ... like the
+    labels the samples are drawn with."""
     per_class = min(per_class, *(int((labels == k).sum()) for k in range(num_classes)))
     order = np.concatenate([np.flatnonzero(labels == k)[:per_class] for k in range(num_classes)])
     picked = order.reshape(num_classes, -1).T.reshape(-1)  # 0, 1, ..., K-1, 0, 1, ...
     return images[picked], labels[picked]
 
 
+def _path(value: str | Path) -> str:
+    """A file path as a quoted Hydra override value (any character but a newline survives)."""
+    text = str(Path(value).resolve())
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def sample_overrides(
+    cfg: DictConfig,
+    scale: float,
+    *,
+    model_ckpt: Path,
+    classifier_ckpt: Path,
+    domain_ckpt: Path,
+    reference: Path,
+    num_classes: int,
+    out_dir: Path,
+) -> list[str]:
+    """The sample recipe's overrides (conf/sample.yaml) for guidance scale `scale`: what
+    ``python scripts/sample.py <overrides>`` would be given to draw and score the same set."""
+    labels = ",".join(str(k) for k in range(num_classes))
+    return [
+        f"ckpt={_path(model_ckpt)}",
+        f"use_ema={str(bool(cfg.ema)).lower()}",
+        f"classifier_ckpt={_path(classifier_ckpt)}",
+        f"guidance.scale={float(scale)}",
+        f"labels=[{labels}]",  # cycled: 0, 1, ..., K-1, 0, 1, ...
+        f"num_samples={num_classes * int(cfg.samples_per_class)}",
+        f"batch_size={int(cfg.sample_batch_size)}",
+        f"seed={int(cfg.seed)}",
+        f"grid_size={num_classes * int(cfg.grid_columns)}",
+        f"grid_nrow={num_classes}",  # grid.png: one column per class
+        f"evaluate.domain_ckpt={_path(domain_ckpt)}",
+        f"evaluate.reference={_path(reference)}",
+        f"evaluate.metrics=[{','.join(METRICS)}]",
+        *cfg.sample_overrides,
+        f"paths.output_dir={_path(out_dir)}",
+        f"out_dir={_path(out_dir)}",
+    ]
+
+
+def sample_scales(
+    cfg: DictConfig,
+    *,
+    model_ckpt: Path,
+    classifier_ckpt: Path,
+    domain_ckpt: Path,
+    reference: Path,
+    num_classes: int,
+    out_dir: Path,
+) -> list[dict[str, Any]]:
+    """Run the sample recipe once per scale of ``cfg.scales`` into ``out_dir/scale_<s>``; returns the sweep
+    summary's rows of those runs (:func:`adm.recipes.sweep.collect_runs`: settings and ``metrics.json``
+    scores), by scale.
+
+    `out_dir` is emptied first: every call draws its samples afresh. The recipe refuses a classifier that was
+    trained on another noising process than the model's.
+    """
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    for scale in cfg.scales:
+        overrides = sample_overrides(
+            cfg,
+            scale,
+            model_ckpt=model_ckpt,
+            classifier_ckpt=classifier_ckpt,
+            domain_ckpt=domain_ckpt,
+            reference=reference,
+            num_classes=num_classes,
+            out_dir=out_dir / f"scale_{scale_key(scale)}",
+        )
+        log.info("scale %s: python scripts/sample.py %s", scale_key(scale), " ".join(overrides))
+        sample(compose(config_name="sample", overrides=overrides))
+    return collect_runs(out_dir)
+
+
+def best_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The row of the highest accuracy (ties: lower FID, then the smaller scale)."""
+    if not rows:
+        raise ValueError("no scales to choose from: give scales=[...] with at least one value")
+    return min(rows, key=lambda r: (-r["accuracy"], r["fid"], r["guidance_scale"]))
+
+
+def _scores(row: dict[str, Any]) -> dict[str, float]:
+    return {m: round(float(row[m]), 4) for m in METRICS}
+
+
 def run_demo(cfg: DictConfig) -> dict[str, dict[str, float]]:
-    """Train, sample every scale, score, write the outputs; returns the summary ({scale: metrics})."""
+    """Train, sample and score every scale, write the outputs; returns the summary ({scale: metrics})."""
+    if not cfg.scales:
+        raise ValueError("scales=[] is empty: give the guidance scales to sample, e.g. scales=[0,1,2,4,8]")
     started = time.perf_counter()
     timings: dict[str, float] = {}
     load_start = os.getloadavg()
@@ -108,16 +191,14 @@ def run_demo(cfg: DictConfig) -> dict[str, dict[str, float]]:
         "Writing to %s (torch threads: %d, load average %.2f)", out, torch.get_num_threads(), load_start[0]
     )
 
-    # 1. The ruler: a small CNN trained on the real train digits, evaluated against the held-out ones.
+    # 1. The ruler: a small CNN trained on the real train digits; the held-out ones are the reference.
     tick = time.perf_counter()
     datamodule = instantiate(cfg.data)
     num_classes = datamodule.num_classes
     train_images, train_labels = datamodule.reference_batch(cfg.domain.num_train, "train")
-    ref_images, ref_labels = datamodule.reference_batch(cfg.domain.num_reference, "val")
+    reference = save_npz(out / "reference.npz", *datamodule.reference_batch(cfg.domain.num_reference, "val"))
     domain_path = out / "domain_classifier.pt"
-    if cfg.reuse and domain_path.is_file():
-        domain = DomainClassifier.load(domain_path)
-    else:
+    if not (cfg.reuse and domain_path.is_file()):
         log.info(
             "[1/4] Training the domain CNN on %d real digits (%d epochs)",
             len(train_images),
@@ -136,10 +217,14 @@ def run_demo(cfg: DictConfig) -> dict[str, dict[str, float]]:
             progress=True,
         )
         domain.save(domain_path)
-    ruler = DomainRuler(domain, ref_images, ref_labels)
-    log.info("Domain CNN accuracy on %d held-out digits: %.3f", len(ref_images), ruler.reference_accuracy)
+    # Real digits through the same scoring as the samples: the floor / ceiling of every metric.
+    extractor = build_extractor("domain", domain_ckpt=domain_path)
+    batch_size = int(cfg.data.batch_size)
+    heldout = evaluate(reference, None, extractor, ["accuracy"], batch_size=batch_size)["accuracy"]
+    log.info("Domain CNN accuracy on %d held-out digits: %.3f", cfg.domain.num_reference, heldout)
     real_x, real_y = real_digits(train_images, train_labels, num_classes, cfg.samples_per_class)
-    real_row = ruler.score(real_x, real_y)  # what real digits score: the floor / ceiling of every metric
+    ref_features = reference_features(reference, extractor, METRICS, batch_size=batch_size)
+    real_row = evaluate(real_x, ref_features, extractor, METRICS, labels=real_y, batch_size=batch_size)
     timings["domain_cnn"] = time.perf_counter() - tick
 
     # 2-3. The diffusion model and the noisy classifier, through the training scripts' recipes.
@@ -164,83 +249,66 @@ def run_demo(cfg: DictConfig) -> dict[str, dict[str, float]]:
     )
     timings["train_classifier"] = time.perf_counter() - tick
 
-    # 4. Guidance sweep: same seeds and labels at every scale, so rows of the grids are comparable.
+    # 4. Guidance sweep: one sample-recipe run per scale, same seeds and labels, so grid rows are comparable.
     tick = time.perf_counter()
-    model = load_checkpoint(model_ckpt, ema=bool(cfg.ema))
-    classifier = load_checkpoint(classifier_ckpt)
-    check_same_process(model, classifier)
-    classifier.classifier.requires_grad_(False)
-    log.info(
-        "[4/4] Sampling with %s weights (step %d); classifier step %d",
-        model.weights,
-        model.step,
-        classifier.step,
+    log.info("[4/4] Sampling scales %s with the sample recipe", list(cfg.scales))
+    rows = sample_scales(
+        cfg,
+        model_ckpt=model_ckpt,
+        classifier_ckpt=classifier_ckpt,
+        domain_ckpt=domain_path,
+        reference=reference,
+        num_classes=num_classes,
+        out_dir=out / "samples",
     )
-    sampler = instantiate(cfg.sampler)
-    guidance_factory = instantiate(cfg.guidance)
-    labels = balanced_labels(num_classes, cfg.samples_per_class)
-    seeds = [sample_seed(cfg.seed, n) for n in range(len(labels))]
-    summary: dict[str, dict[str, float]] = {}
     (out / "grids").mkdir(exist_ok=True)
-    (out / "samples").mkdir(exist_ok=True)
-    grids = {}
-    for scale in cfg.scales:
-        key = scale_key(scale)
-        log.info("scale %s: %d samples, %s", key, len(labels), OmegaConf.to_container(cfg.sampler))
-        guidance = guidance_factory(classifier.classifier, scale=float(scale))
-        x_0 = draw_samples(
-            model.unet,
-            model.diffusion,
-            labels,
-            seeds,
-            sampler=sampler,
-            guidance=guidance,
-            batch_size=cfg.sample_batch_size,
-            progress=True,
-        )
-        summary[key] = {k: round(v, 4) for k, v in ruler.score(x_0, labels).items()}
-        log.info("scale %s: %s", key, summary[key])
-        grids[key] = class_grid(x_0, labels, num_classes, cfg.grid_columns)
-        save_image(grids[key], out / "grids" / f"scale_{key}.png")
-        np.savez(
-            out / "samples" / f"scale_{key}.npz", arr_0=float_to_uint8(x_0).numpy(), arr_1=labels.numpy()
-        )
+    for row in rows:
+        (samples,) = Path(row["dir"]).glob("samples_*.npz")  # the recipe's merged sample file
+        images, labels = read_images(samples, row["num_samples"])
+        grid = by_class(images, labels, num_classes, cfg.grid_columns)
+        key = scale_key(row["guidance_scale"])
+        save_grid(grid, out / "grids" / f"scale_{key}.png", nrow=cfg.grid_columns)
     timings["sample_and_score"] = time.perf_counter() - tick
 
-    best = best_scale(summary)
-    save_image(grids[best], out / "samples_grid.png")
+    summary = {scale_key(r["guidance_scale"]): _scores(r) for r in rows}
+    best = best_row(rows)
+    best_key = scale_key(best["guidance_scale"])
+    shutil.copyfile(out / "grids" / f"scale_{best_key}.png", out / "samples_grid.png")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_summary(rows, out / "summary.csv")
+    plot_summary(rows, out / "summary.png")
     timings["total"] = time.perf_counter() - started
-    met = summary[best]["accuracy"] >= TARGET_ACCURACY and (
-        "0" not in summary or summary[best]["accuracy"] > summary["0"]["accuracy"]
+    met = best["accuracy"] >= TARGET_ACCURACY and (
+        "0" not in summary or summary[best_key]["accuracy"] > summary["0"]["accuracy"]
     )
+    info = json.loads((Path(best["dir"]) / "sample_info.json").read_text())
     details = {
-        "best_scale": best,
+        "best_scale": best_key,
         "target_met": met,
-        "real_digits": {k: round(v, 4) for k, v in real_row.items()},
-        "domain_cnn_heldout_accuracy": round(ruler.reference_accuracy, 4),
-        "samples_per_scale": len(labels),
-        "sampler": OmegaConf.to_container(cfg.sampler),
-        "weights": model.weights,
-        "diffusion_steps_trained": model.step,
-        "classifier_steps_trained": classifier.step,
+        "real_digits": _scores(real_row),
+        "domain_cnn_heldout_accuracy": round(heldout, 4),
+        "samples_per_scale": best["num_samples"],
+        "sampler": info["fingerprint"]["sampler"],
+        "weights": info["fingerprint"]["model"]["weights"],
+        "diffusion_steps_trained": info["model"]["step"],
+        "classifier_steps_trained": info["classifier"]["step"],
         "seconds": {k: round(v, 1) for k, v in timings.items()},
         "load_average": {"start": round(load_start[0], 2), "end": round(os.getloadavg()[0], 2)},
         "torch_threads": torch.get_num_threads(),
     }
     (out / "details.json").write_text(json.dumps(details, indent=2) + "\n")
 
-    table = format_table({**summary, "real": real_row})
     print(
-        f"\nGuidance on MNIST-5k: {len(labels)} samples per scale; 'real' = {len(real_x)} real train digits"
+        f"\nGuidance on MNIST-5k: {best['num_samples']} samples per scale; "
+        f"'real digits' = {len(real_x)} real train digits"
     )
-    print(table)
+    print(format_summary([*rows, {"label": "real digits", **real_row}]))
     print(
-        f"\nbest scale {best}: accuracy {summary[best]['accuracy']:.3f} "
+        f"\nbest scale {best_key}: accuracy {best['accuracy']:.3f} "
         f"(target >= {TARGET_ACCURACY} and above scale 0: {'met' if met else 'NOT met'}); "
         f"total {timings['total'] / 60:.1f} min"
     )
-    print(f"wrote {out / 'summary.json'}, {out / 'samples_grid.png'} (scale {best}), {out / 'grids'}/")
+    print(f"wrote {out / 'summary.json'}, {out / 'samples_grid.png'} (scale {best_key}), {out / 'grids'}/")
     if not all(math.isfinite(v) for row in summary.values() for v in row.values()):
         log.warning("some metrics are not finite: %s", summary)
     return summary

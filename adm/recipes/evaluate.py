@@ -7,29 +7,21 @@ python scripts/evaluate.py samples=s.npz reference=ref.npz metrics=[fid,precisio
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from adm.metrics import build_extractor, evaluate, load_reference, open_samples
+from adm.io.files import atomic_write_json
+from adm.io.samples import load_reference, open_samples
+from adm.metrics import build_extractor, evaluate
+from adm.metrics.names import METRIC_LABELS
 
 log = logging.getLogger("evaluate")
 
-LABELS = {
-    "fid": "FID",
-    "sfid": "sFID",
-    "is": "Inception Score",
-    "precision": "Precision",
-    "recall": "Recall",
-    "accuracy": "Class accuracy",
-    "num_samples": "Samples",
-    "num_reference": "Reference images",
-}
+LABELS = {**METRIC_LABELS, "num_samples": "Samples", "num_reference": "Reference images"}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -44,13 +36,6 @@ def output_path(out: str | None, run_dir: str) -> Path:
         return Path(run_dir) / "metrics.json"
     path = Path(out)
     return path if path.suffix == ".json" else path / "metrics.json"
-
-
-def write_json(record: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def print_table(results: dict[str, Any], title: str) -> None:
@@ -101,7 +86,7 @@ def evaluate_samples(cfg: DictConfig) -> dict[str, Any]:
         "reference": str(cfg.reference),
     }
     path = output_path(cfg.out, cfg.paths.output_dir)
-    write_json(record, path)
+    atomic_write_json(path, record)
     print_table(results, f"Metrics ({cfg.feature_extractor} features)")
     log.info("Wrote %s", path)
     return results

@@ -1,7 +1,7 @@
 """Sample a trained ADM into OpenAI's .npz format (sharded, resumable, split over devices) and score it.
 
     python scripts/sample.py ckpt=runs/train/.../checkpoints/last.ckpt num_samples=64
-    python scripts/sample.py ckpt=... classifier_ckpt=... guidance.scale=2 sampler=ddim sampler.steps=ddim25
+    python scripts/sample.py ckpt=... classifier_ckpt=... guidance.scale=2 sampler=ddim sampler.steps=25
     python scripts/sample.py openai_ckpt=64x64_diffusion.pt model=adm_u_64 \\
         classifier_ckpt=64x64_classifier.pt classifier=adm_cls_64 guidance.scale=1.0 trainer.devices=8
     python scripts/sample.py openai_ckpt=x.pt 'flags="--attention_resolutions 32,16,8 --class_cond True ..."'
@@ -14,50 +14,44 @@ it goes; rank 0 then merges them into ``samples_NxHxWxC.npz``, draws ``grid.png`
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from lightning_fabric import Fabric
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from tqdm.auto import tqdm
 
+from adm.diffusion import check_classifier_fits
 from adm.io.checkpoint import CONFIG_KEY, load_checkpoint
+from adm.io.files import atomic_write_json, file_sha256
 from adm.io.safe_load import safe_torch_load
-from adm.nn import load_state_dict_checked
-from adm.sampling.runner import (
-    ImageDrawer,
-    LabelPlan,
+from adm.io.samples import (
     ShardLayout,
     ShardStore,
-    file_sha256,
-    generate_shards,
     merge_shards,
     read_images,
     save_grid,
+    to_uint8,
+    write_pngs,
 )
+from adm.nn import load_state_dict_checked
+from adm.sampling import Guidance, LabelPlan, draw_images, sample_seed
 
 log = logging.getLogger("sample")
 
-# OpenAI flags that describe the diffusion process (the rest of MODEL_FLAGS describe the network).
-_DIFFUSION_FLAGS = {
-    "diffusion_steps": "steps",
-    "noise_schedule": "noise_schedule",
-    "learn_sigma": "learn_sigma",
-    "use_kl": "use_kl",
-    "predict_xstart": "predict_xstart",
-    "rescale_timesteps": "rescale_timesteps",
-    "rescale_learned_sigmas": "rescale_learned_sigmas",
-}
 # Sampling flags of OpenAI's scripts that are settings of this script instead.
 _SAMPLING_FLAGS = {
-    "timestep_respacing": "sampler.steps",
+    "timestep_respacing": "sampler.steps (+ sampler.spacing)",
     "use_ddim": "sampler=ddim",
     "classifier_scale": "guidance.scale",
     "num_samples": "num_samples",
@@ -97,13 +91,10 @@ def _openai_state(path: str, arg: str) -> dict[str, torch.Tensor]:
 
 
 def _diffusion_from_flags(values: dict[str, Any]) -> dict[str, Any]:
-    from adm.compat.models import model_and_diffusion_defaults
+    """Our diffusion config for OpenAI's flags (adm.compat holds the one flag -> process mapping)."""
+    from adm.compat.diffusion import diffusion_config
 
-    flags = model_and_diffusion_defaults()
-    flags.update(values)
-    cfg: dict[str, Any] = {"_target_": "adm.diffusion.create_diffusion"}
-    cfg.update({ours: flags[theirs] for theirs, ours in _DIFFUSION_FLAGS.items()})
-    return cfg
+    return diffusion_config(values)
 
 
 def _parse_openai_flags(flags: str, arg: str) -> dict[str, Any]:
@@ -164,13 +155,13 @@ def load_model(cfg: DictConfig) -> Loaded:
         diffusion_cfg = _diffusion_from_flags(values)
         network_desc: Any = {"flags": cfg.flags}
     elif cfg.get("model") is not None:
-        from adm.presets import build_network
+        from adm.config import build_network, preset_hint
 
-        unet = load_state_dict_checked(build_network(_plain(cfg.model)), state)
+        unet = load_state_dict_checked(build_network(_plain(cfg.model)), state, hint=preset_hint)
         diffusion_cfg = _plain(cfg.diffusion)
         network_desc = _plain(cfg.model)
     else:
-        from adm.presets import fitting_presets
+        from adm.config import fitting_presets
 
         fits = fitting_presets(state)
         hint = f" (presets that fit these weights: {', '.join(fits)})" if fits else ""
@@ -205,6 +196,7 @@ def load_classifier(cfg: DictConfig) -> Loaded | None:
             network=trained.classifier,
             fingerprint={**fingerprint, "weights": trained.weights},
             info={**info, "step": trained.step, "network": trained.config["classifier"]},
+            diffusion=trained.diffusion,
             diffusion_config=trained.config["diffusion"],
         )
     state = _openai_state(path, "classifier_ckpt")
@@ -215,12 +207,12 @@ def load_classifier(cfg: DictConfig) -> Loaded | None:
         network = load_openai_checkpoint(path, values, kind="classifier")
         info["network"] = {"flags": cfg.classifier_flags}
     elif cfg.get("classifier") is not None:
-        from adm.presets import build_network
+        from adm.config import build_network, preset_hint
 
-        network = load_state_dict_checked(build_network(_plain(cfg.classifier)), state)
+        network = load_state_dict_checked(build_network(_plain(cfg.classifier)), state, hint=preset_hint)
         info["network"] = _plain(cfg.classifier)
     else:
-        from adm.presets import fitting_presets
+        from adm.config import fitting_presets
 
         fits = fitting_presets(state)
         hint = f" (presets that fit these weights: {', '.join(fits)})" if fits else ""
@@ -233,26 +225,7 @@ def load_classifier(cfg: DictConfig) -> Loaded | None:
 
 def check_classifier(unet: nn.Module, classifier: nn.Module, model: Loaded, guide: Loaded) -> None:
     """The classifier must read the model's images and label space (and, when known, its noise process)."""
-    problems = []
-    if classifier.image_size != unet.image_size:
-        problems.append(f"it takes {classifier.image_size}px images, the model draws {unet.image_size}px")
-    if classifier.in_channels != unet.in_channels:
-        problems.append(f"it takes {classifier.in_channels} channels, the model draws {unet.in_channels}")
-    if unet.num_classes is not None and classifier.num_classes != unet.num_classes:
-        problems.append(f"it has {classifier.num_classes} classes, the model {unet.num_classes}")
-    ours, theirs = model.diffusion_config, guide.diffusion_config
-    if ours is not None and theirs is not None:
-        for key in ("steps", "noise_schedule"):
-            if ours.get(key) != theirs.get(key):
-                problems.append(
-                    f"it was trained on diffusion.{key}={theirs.get(key)}, the model uses {ours.get(key)}"
-                )
-    if problems:
-        raise ValueError(
-            "the classifier does not fit the diffusion model: "
-            + "; ".join(problems)
-            + ". Use a classifier trained for this model's data and process"
-        )
+    check_classifier_fits(unet, classifier, model_process=model.diffusion, classifier_process=guide.diffusion)
 
 
 # --- devices and the run ---------------------------------------------------------------------------------
@@ -286,7 +259,134 @@ def _settings(cfg: dict[str, Any]) -> dict[str, Any]:
     return {"sampler": sampler, "guidance": guidance}
 
 
-def build_run(fabric: Fabric, cfg: dict[str, Any]) -> tuple[ShardStore, ImageDrawer]:
+class ShardDrawer:
+    """Sample indices -> images: ``draw(indices) -> (uint8 (n, H, W, C), labels int64 (n,) | None)``.
+
+    Sample i gets the noise seed ``sample_seed(seed, i)`` and the label ``labels([i])``, goes through
+    :func:`adm.sampling.draw_images` and is quantised as OpenAI's sample files are (``to_uint8``), so it is
+    the image ``ADM.infer`` and the training-time sample grid draw for the same seed, index, label, sampler.
+
+    Args:
+        unet: the diffusion network (labels reach it only when it is class-conditional).
+        diffusion: its (un-respaced) process; sampler: the sampler, options bound.
+        guidance: e.g. ``ClassifierGuidance(classifier, scale)``, or None.
+        labels: the labels by index, or None for unlabelled samples (unconditional, unguided).
+        seed: the run's seed. device: where to sample. autocast: e.g. Fabric's ``autocast``, or None.
+    """
+
+    def __init__(
+        self,
+        *,
+        unet: nn.Module,
+        diffusion: Any,
+        sampler: Callable[..., torch.Tensor],
+        guidance: Guidance | None,
+        labels: LabelPlan | None,
+        seed: int,
+        device: torch.device | str,
+        autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+    ) -> None:
+        if unet.num_classes is not None and labels is None:
+            raise ValueError("a class-conditional network needs labels (a LabelPlan)")
+        self.unet, self.diffusion, self.sampler, self.guidance = unet.eval(), diffusion, sampler, guidance
+        self.labels, self.seed, self.device, self.autocast = labels, int(seed), torch.device(device), autocast
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of the images written."""
+        return (self.unet.image_size, self.unet.image_size, self.unet.in_channels)
+
+    def __call__(self, indices: range) -> tuple[np.ndarray, np.ndarray | None]:
+        labels = self.labels(indices) if self.labels is not None else None
+        x_0 = draw_images(
+            self.unet,
+            self.diffusion,
+            self.sampler,
+            [sample_seed(self.seed, i) for i in indices],
+            labels=labels,
+            guidance=self.guidance,
+            device=self.device,
+            autocast=self.autocast,
+        )
+        return to_uint8(x_0), labels
+
+
+def generate_shards(
+    store: ShardStore,
+    draw: Callable[[range], tuple[np.ndarray, np.ndarray | None]],
+    *,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    labels: Callable[[range], np.ndarray | None] | None = None,
+    progress: bool = True,
+    png_dir: str | os.PathLike | None = None,
+) -> dict[str, int]:
+    """Generate this rank's missing shards (shard k belongs to rank k % world_size); valid ones are skipped.
+
+    Args:
+        store: the run's files (``store.prepare()`` must have run, on rank 0).
+        draw: ``draw(indices) -> (images uint8 (n, H, W, C), labels (n,) | None)``.
+        batch_size: samples per call of `draw` (per device); a batch never straddles two shards, so every
+            shard is cut into the same batches whatever the device count.
+        rank, world_size: this process among all sampling processes.
+        labels: the run's labels by index (checked against finished shards); defaults to ``draw.labels``.
+        progress: show a progress bar (rank 0).
+        png_dir: also write every generated image as ``{index:06d}.png`` there.
+    Returns:
+        {"generated": shards written, "skipped": shards already done} for this rank.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if labels is None:
+        labels = getattr(draw, "labels", None)
+    mine = store.layout.shards_of(rank, world_size)
+    todo = []
+    for k in mine:
+        problem = store.check_shard(k, store.expected_labels(k, labels))
+        if problem is None:
+            continue
+        if problem != "missing":
+            log.warning("regenerating %s: %s", store.shard_path(k), problem)
+        todo.append(k)
+    skipped = len(mine) - len(todo)
+    if skipped:
+        log.info("rank %d: %d of its %d shards are already done, skipped", rank, skipped, len(mine))
+    total = sum(len(store.layout.indices(k)) for k in todo)
+    bar = tqdm(
+        total=total,
+        desc=f"sampling (rank {rank})",
+        unit="img",
+        disable=not progress or rank != 0,
+        dynamic_ncols=True,
+    )
+    start = time.perf_counter()
+    try:
+        for k in todo:
+            indices = store.layout.indices(k)
+            image_parts, label_parts = [], []
+            for first in range(indices.start, indices.stop, batch_size):
+                batch = range(first, min(first + batch_size, indices.stop))
+                images, batch_labels = draw(batch)
+                image_parts.append(images)
+                if batch_labels is not None:
+                    label_parts.append(batch_labels)
+                bar.update(len(batch))
+            images = np.concatenate(image_parts)
+            shard_labels = np.concatenate(label_parts) if label_parts else None
+            store.write_shard(k, images, shard_labels)
+            if png_dir is not None:
+                write_pngs(Path(png_dir), indices, images, shard_labels)
+    finally:
+        bar.close()
+    if total:
+        seconds = time.perf_counter() - start
+        rate = total / max(seconds, 1e-9)
+        log.info("rank %d: %d samples in %.1f s (%.2f img/s)", rank, total, seconds, rate)
+    return {"generated": len(todo), "skipped": skipped}
+
+
+def build_run(fabric: Fabric, cfg: dict[str, Any]) -> tuple[ShardStore, ShardDrawer]:
     """Load the networks on this process's device and describe the run's files."""
     dcfg = DictConfig(cfg)
     model = load_model(dcfg)
@@ -311,7 +411,7 @@ def build_run(fabric: Fabric, cfg: dict[str, Any]) -> tuple[ShardStore, ImageDra
     labels = LabelPlan(_plain(cfg["labels"]), num_classes, cfg["seed"]) if num_classes is not None else None
     if labels is None and cfg["labels"] not in ("random", None):
         raise ValueError(f"labels={cfg['labels']} but the model is unconditional and no classifier guides it")
-    drawer = ImageDrawer(
+    drawer = ShardDrawer(
         unet=unet,
         diffusion=model.diffusion,
         sampler=sampler,
@@ -443,9 +543,7 @@ def score(cfg: dict[str, Any], store: ShardStore, device: torch.device) -> dict[
         "samples": str(store.merged_path),
     }
     path = Path(cfg["out_dir"]) / "metrics.json"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, record)
     shown = ", ".join(f"{k} {v:.4f}" for k, v in results.items() if isinstance(v, float))
     log.info("scores (%s features, %.1f s): %s -> %s", kind, time.perf_counter() - start, shown, path)
     return record

@@ -63,23 +63,29 @@ def build_trainer_and_data(cfg: DictConfig) -> tuple[pl.Trainer, pl.LightningDat
     return trainer, instantiate(cfg.data)
 
 
-def fit_network_to_data(net: DictConfig, datamodule: Any, classes_key: str) -> None:
-    """Image size, channels and class count of the network come from the data (set in the config in place)."""
-    with open_dict(net):
-        net.image_size, net.in_channels = datamodule.image_size, datamodule.channels
-        if classes_key == "out_channels":  # a classifier needs labels
-            if datamodule.num_classes is None:
-                raise ValueError(
-                    "the data is unconditional (data.class_cond=false): a classifier needs labels"
-                )
-            net.out_channels = datamodule.num_classes
-        elif net.get("num_classes") is not None:  # a class-conditional preset learns the data's classes
-            if datamodule.num_classes is None:
-                raise ValueError(
-                    "the model preset is class-conditional but the data is unconditional; set "
-                    "model.num_classes=null or data.class_cond=true"
-                )
-            net.num_classes = datamodule.num_classes
+# The values a network reads from its data by interpolation (``image_size: ${data.image_size}`` ...).
+DATA_VALUES = ("image_size", "channels", "num_classes")
+
+
+def check_data_values(cfg: DictConfig, network_key: str) -> None:
+    """The data config declares what the network reads from it; a noisy classifier needs labelled data."""
+    for key in DATA_VALUES:
+        if OmegaConf.is_missing(cfg.data, key):  # "???" in the YAML
+            example = "N (the class count of the images) or data.num_classes=null (unconditional)"
+            raise ValueError(
+                f"data.{key} is not set for <{cfg.data.get('_target_')}>: give data.{key}="
+                + (example if key == "num_classes" else "...")
+            )
+        if key not in cfg.data:
+            raise ValueError(
+                f"the data config <{cfg.data.get('_target_')}> declares no '{key}'; the network reads "
+                f"data.{key}: add {key}: ... to the data YAML (num_classes: null for unlabelled data)"
+            )
+    if network_key == "classifier" and cfg.data.num_classes is None:
+        raise ValueError(
+            "the data is unconditional (data.num_classes=null): a noisy classifier needs labels; use "
+            "labelled data (data.num_classes=N)"
+        )
 
 
 def save_resolved_config(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
@@ -113,7 +119,8 @@ def fit(cfg: DictConfig, network_key: str, make_module: Callable[..., pl.Lightni
 
     Args:
         network_key: config key of the network ("model" or "classifier"); its size, channels and classes are
-            taken from the data.
+            the data's (``${data.image_size}`` ... in the preset), which the datamodule checks against its
+            images.
         make_module: builds the LightningModule: ``make_module(network, diffusion=, timestep_sampler=,
             optimizer=, lr_schedule=, config=)``.
     Returns:
@@ -121,9 +128,9 @@ def fit(cfg: DictConfig, network_key: str, make_module: Callable[..., pl.Lightni
     """
     seed = pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
+    check_data_values(cfg, network_key)
     trainer, datamodule = build_trainer_and_data(cfg)
     net_cfg = cfg[network_key]
-    fit_network_to_data(net_cfg, datamodule, "out_channels" if network_key == "classifier" else "num_classes")
     plain = save_resolved_config(cfg, output_dir)
     log.info("Instantiating %s <%s>, diffusion and timestep sampler", network_key, net_cfg._target_)
     diffusion = instantiate(cfg.diffusion)
@@ -155,6 +162,5 @@ def train_classifier(cfg: DictConfig) -> pl.Trainer:
 
 
 def train_superres(cfg: DictConfig) -> pl.Trainer:
-    """Train the upsampler ``cfg.model`` on ``cfg.data`` (low-res inputs of ``cfg.low_res_size`` pixels)."""
-    low_res_size = cfg.low_res_size
-    return fit(cfg, "model", lambda unet, **kw: SuperResModule(unet=unet, low_res_size=low_res_size, **kw))
+    """Train the upsampler ``cfg.model`` on ``cfg.data`` (low-res inputs of ``cfg.model.low_res_size`` px)."""
+    return fit(cfg, "model", lambda unet, **kw: SuperResModule(unet=unet, **kw))

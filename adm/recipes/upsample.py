@@ -11,30 +11,36 @@ their preset). With ``base=...`` (scripts/sample.py settings) the base samples a
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
 import torch
 from hydra import compose
 from hydra.utils import instantiate
 from lightning_fabric import Fabric
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
-from adm.io.checkpoint import CONFIG_KEY
-from adm.nn import SuperResUNet
-from adm.recipes.sample import Loaded, build_fabric, load_model, score
-from adm.recipes.sample import sample as sample_base
-from adm.sampling.runner import (
+from adm.io.files import file_sha256
+from adm.io.samples import (
+    BaseSamples,
     ShardLayout,
     ShardStore,
-    file_sha256,
-    generate_shards,
+    from_uint8,
     merge_shards,
     read_images,
     save_grid,
+    to_uint8,
 )
-from adm.sampling.two_stage import BaseSamples, UpsampleDrawer
+from adm.nn import SuperResUNet
+from adm.pipeline import upsample as upsample_images
+from adm.recipes.sample import Loaded, build_fabric, generate_shards, load_model, score
+from adm.recipes.sample import sample as sample_base
+from adm.sampling import upsample_seed
 
 log = logging.getLogger("upsample")
 
@@ -43,7 +49,11 @@ _SHARED = ("seed", "num_samples", "out_dir", "paths.output_dir")
 
 
 def load_upsampler(cfg: DictConfig) -> tuple[Loaded, int | None]:
-    """The upsampler and its process (as scripts/sample.py loads models), and the low-res side it expects."""
+    """The upsampler and its process (as scripts/sample.py loads models), and the low-res side it expects.
+
+    The low-res side is the network's ``low_res_size``: our checkpoints record it with the network, OpenAI's
+    weights take it from their preset (``model=adm_sr_64_256`` -> 64); None when unknown (not checked).
+    """
     if cfg.flags is not None:
         raise ValueError(
             "flags=... is not supported for upsamplers; give OpenAI's upsampler weights their preset "
@@ -55,12 +65,7 @@ def load_upsampler(cfg: DictConfig) -> tuple[Loaded, int | None]:
             f"{cfg.ckpt or cfg.openai_ckpt} holds a {type(loaded.network).__name__}, not an upsampler; "
             'sample base models with scripts/sample.py (or pass them as base="ckpt=...")'
         )
-    low_res_size = cfg.low_res_size
-    if low_res_size is None and cfg.ckpt is not None:  # ours record it; mmap: no second copy of the weights
-        low_res_size = torch.load(cfg.ckpt, map_location="cpu", weights_only=True, mmap=True)[CONFIG_KEY].get(
-            "low_res_size"
-        )
-    return loaded, None if low_res_size is None else int(low_res_size)
+    return loaded, loaded.network.low_res_size
 
 
 def draw_base(cfg: dict[str, Any]) -> Path:
@@ -84,6 +89,84 @@ def draw_base(cfg: dict[str, Any]) -> Path:
     base_cfg = compose(config_name="sample", overrides=[*first, *overrides, *last])
     log.info("base stage: scripts/sample.py %s", " ".join(overrides))
     return Path(sample_base(base_cfg)["samples"])
+
+
+class BaseDraw(Protocol):
+    """What feeds the upsampler: ``base(indices) -> (uint8 (n, h, w, C), labels (n,) | None)``."""
+
+    def __call__(self, indices: range) -> tuple[np.ndarray, np.ndarray | None]: ...
+
+
+class UpsampleDrawer:
+    """Draws upsampled samples by index: base images (a sample file, or any ``base(indices)``) -> upsampler.
+
+    ``draw(indices) -> (uint8 (n, H, W, C), labels)`` like the sample recipe's drawer, so
+    :func:`~adm.recipes.sample.generate_shards` writes its output as sharded ``.npz`` files. The upsampler
+    sees each base image as a sample file stores it (uint8 -> [-1, 1]); image i's noise comes from
+    ``upsample_seed(seed, i)`` (:func:`adm.pipeline.upsample`, which goes through ``draw_images``).
+
+    Args:
+        unet: the upsampler (``SuperResUNet`` / ``SuperResModel``).
+        diffusion: its (un-respaced) process. sampler: the upsampling sampler, options bound.
+        base: :class:`~adm.io.samples.BaseSamples` (e.g. ``BaseSamples.load(path)``) or another
+            ``base(indices)``.
+        seed: the run's seed. device: where to sample.
+        low_res_size: the low-res side the upsampler was trained for (checked against the base images), or
+            None.
+        autocast: context manager factory wrapped around the upsampler's batches, or None.
+    """
+
+    def __init__(
+        self,
+        *,
+        unet: nn.Module,
+        diffusion: Any,
+        sampler: Callable[..., torch.Tensor],
+        base: BaseDraw,
+        seed: int,
+        device: torch.device | str,
+        low_res_size: int | None = None,
+        autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+    ) -> None:
+        self.unet, self.diffusion, self.sampler, self.base = unet.eval(), diffusion, sampler, base
+        self.seed, self.device, self.autocast = int(seed), torch.device(device), autocast
+        self.low_res_size = None if low_res_size is None else int(low_res_size)
+
+    @property
+    def labels(self) -> Callable[[range], np.ndarray | None] | None:
+        """The labels of samples by index (those of the base stage)."""
+        return getattr(self.base, "labels", None)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of the upsampled images."""
+        return (self.unet.image_size, self.unet.image_size, self.unet.in_channels)
+
+    def __call__(self, indices: range) -> tuple[np.ndarray, np.ndarray | None]:
+        """Upsampled images uint8 (n, H, W, C) and labels (n,) | None of samples `indices`."""
+        base_images, labels = self.base(indices)
+        h, w = base_images.shape[1:3]
+        if self.low_res_size is not None and (h, w) != (self.low_res_size, self.low_res_size):
+            raise ValueError(
+                f"the base images are {h}x{w} but this upsampler was trained on {self.low_res_size} px "
+                "inputs; give base samples of that size"
+            )
+        if self.unet.num_classes is not None and labels is None:
+            raise ValueError(
+                "the upsampler is class-conditional but the base samples have no labels (arr_1); sample the "
+                "base model with labels, or use an unconditional upsampler"
+            )
+        y = None if labels is None else torch.as_tensor(labels, dtype=torch.int64, device=self.device)
+        x_0 = upsample_images(
+            self.unet,
+            self.diffusion,
+            self.sampler,
+            from_uint8(base_images).to(self.device),
+            seeds=[upsample_seed(self.seed, i) for i in indices],
+            y=y,
+            autocast=self.autocast,
+        )
+        return to_uint8(x_0), labels
 
 
 def build_run(fabric: Fabric, cfg: dict[str, Any]) -> tuple[ShardStore, UpsampleDrawer]:

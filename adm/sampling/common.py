@@ -2,29 +2,40 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from adm.diffusion.gaussian import GaussianDiffusion
+from adm.diffusion.spacing import Spacing, SpacingMethod
 from adm.sampling.noise import randn_like
 
 ModelFn = Callable[..., torch.Tensor]
 NoiseFn = Callable[[torch.Tensor], torch.Tensor]
 Callback = Callable[[dict], None]
+# The samplers' ``steps`` option: a count, per-section counts (spacing "sections") or a ready Spacing.
+Steps = int | Sequence[int] | Spacing | None
 
 
 def resolve(
-    diffusion: GaussianDiffusion, steps: int | str | None, noise: NoiseFn | None
+    diffusion: GaussianDiffusion,
+    steps: Steps,
+    spacing: SpacingMethod | str | None,
+    noise: NoiseFn | None,
 ) -> tuple[GaussianDiffusion, NoiseFn]:
-    """(the process to sample, the noise source): ``steps`` respaces the original process (None keeps it)."""
+    """(the process to sample, the noise source).
+
+    ``steps`` and ``spacing`` respace the original process (``Spacing.of``: "even" when not given, e.g.
+    ``steps=25, spacing="strided"`` keeps t = 0, 40, ..., 960 of 1000); ``steps=None`` keeps every step.
+    """
     if not isinstance(diffusion, GaussianDiffusion):
         raise ValueError(
             f"diffusion must be an adm.diffusion.GaussianDiffusion, got {type(diffusion).__name__}"
         )
-    if steps is not None:
-        diffusion = diffusion.respace(steps)
+    chosen = Spacing.of(steps, spacing)
+    if chosen is not None:
+        diffusion = diffusion.respace(chosen)
     return diffusion, (noise if noise is not None else randn_like)
 
 

@@ -5,7 +5,17 @@ from __future__ import annotations
 import torch
 
 from adm.diffusion.gaussian import GaussianDiffusion
-from adm.sampling.common import Callback, ModelFn, NoiseFn, last_step_mask, report, resolve, reverse_steps
+from adm.diffusion.spacing import SpacingMethod
+from adm.sampling.common import (
+    Callback,
+    ModelFn,
+    NoiseFn,
+    Steps,
+    last_step_mask,
+    report,
+    resolve,
+    reverse_steps,
+)
 from adm.sampling.guidance import Guidance, is_active
 
 __all__ = ["ddim_sample", "ddim_step"]
@@ -65,19 +75,21 @@ def ddim_sample(
     clip_denoised: bool = True,
     callback: Callback | None = None,
     progress: bool = False,
-    steps: int | str | None = None,
+    steps: Steps = None,
+    spacing: SpacingMethod | str | None = None,
     eta: float = 0.0,
     denoised_fn=None,
 ) -> torch.Tensor:
     """DDIM sampling from x_T down to x_0.
 
-    Same arguments as ``ddpm_sample`` plus ``eta`` (0 = deterministic; 1 = DDPM-like noise). ``steps``
-    respaces the original process first (e.g. 50 or "ddim50"). Guidance corrects the noise estimate
-    (score form) instead of shifting the mean. The noise source is called once per step, also with eta = 0.
+    Same arguments as ``ddpm_sample`` plus ``eta`` (0 = deterministic; 1 = DDPM-like noise). ``steps`` and
+    ``spacing`` respace the original process first (e.g. 50, or 25 "strided"). Guidance corrects the noise
+    estimate (score form) instead of shifting the mean. The noise source is called once per step, also with
+    eta = 0.
     """
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
-    diffusion, noise = resolve(diffusion, steps, noise)
+    diffusion, noise = resolve(diffusion, steps, spacing, noise)
     model_kwargs = model_kwargs or {}
     x = x_T
     for i, t in reverse_steps(diffusion, x, "ddim", progress):

@@ -5,7 +5,17 @@ from __future__ import annotations
 import torch
 
 from adm.diffusion.gaussian import GaussianDiffusion
-from adm.sampling.common import Callback, ModelFn, NoiseFn, last_step_mask, report, resolve, reverse_steps
+from adm.diffusion.spacing import SpacingMethod
+from adm.sampling.common import (
+    Callback,
+    ModelFn,
+    NoiseFn,
+    Steps,
+    last_step_mask,
+    report,
+    resolve,
+    reverse_steps,
+)
 from adm.sampling.guidance import Guidance, is_active
 
 __all__ = ["ddpm_sample", "ddpm_step"]
@@ -52,7 +62,8 @@ def ddpm_sample(
     clip_denoised: bool = True,
     callback: Callback | None = None,
     progress: bool = False,
-    steps: int | str | None = None,
+    steps: Steps = None,
+    spacing: SpacingMethod | str | None = None,
     denoised_fn=None,
 ) -> torch.Tensor:
     """Ancestral sampling from x_T down to x_0.
@@ -60,7 +71,7 @@ def ddpm_sample(
     Args:
         model_fn: model_fn(x_t, t_model, **model_kwargs) -> network output (B, C or 2C, H, W), where
             t_model = diffusion.model_timesteps(t) (the original timestep).
-        diffusion: the process; ``steps`` (e.g. 250, "ddim25", "10,15,20") respaces its original steps first.
+        diffusion: the (un-respaced) process.
         x_T: (B, C, H, W) starting noise (e.g. ``PerSampleNoise(seeds).initial((C, H, W))``).
         model_kwargs: extra network inputs, e.g. {"y": labels}; also handed to ``guidance``.
         guidance: e.g. ``ClassifierGuidance(classifier, scale)``: shifts each step's mean by Sigma * grad.
@@ -68,10 +79,13 @@ def ddpm_sample(
         clip_denoised: clamp predicted x_0 to [-1, 1].
         callback: called after every step with dict(step, t, x_t, x_prev, pred_x0).
         progress: show a progress bar.
+        steps, spacing: respace the original steps first: ``steps`` N with ``spacing`` "even" (default: N
+            spread evenly, first and last kept) or "strided" (0, k, 2k, ...; OpenAI's "ddimN"), or per-section
+            counts [a, b, c] with "sections"; a ready ``adm.diffusion.Spacing`` also works. None: every step.
     Returns:
         x_0 (B, C, H, W), roughly in [-1, 1].
     """
-    diffusion, noise = resolve(diffusion, steps, noise)
+    diffusion, noise = resolve(diffusion, steps, spacing, noise)
     model_kwargs = model_kwargs or {}
     x = x_T
     for i, t in reverse_steps(diffusion, x, "ddpm", progress):

@@ -1,28 +1,35 @@
 """Per-sample noise: every sample owns a random generator, so sample i never depends on the batch it is in.
 
-With ``PerSampleNoise(seeds)`` the noise of sample i is drawn from ``torch.Generator().manual_seed(seeds[i])``
-on the CPU and then moved to the target device. Sampling the same seeds with batch size 1 or 64, on one GPU
-or split over eight, gives the same images. Sample number n of a run seeded ``seed`` gets
-``sample_seed(seed, n)``; each device takes its slice of the seeds.
+With ``PerSampleNoise(seeds)`` the noise of sample i is drawn from its own CPU ``torch.Generator`` seeded
+from ``seeds[i]`` (:func:`generator_seed`) and then moved to the target device. Sampling the same seeds with
+batch size 1 or 64, on one GPU or split over eight, gives the same images. Sample number n of a run seeded
+``seed`` gets ``sample_seed(seed, n)``; each device takes its slice of the seeds. The upsampling stage of
+sample n (ADM-U) draws from its own seed, ``upsample_seed(seed, n)``. These two are the only seed rules of
+the project.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 
 import torch
 
-__all__ = ["PerSampleNoise", "randn_like", "sample_seed"]
+__all__ = ["PerSampleNoise", "generator_seed", "randn_like", "sample_seed", "upsample_seed"]
 
 _SEED_BITS = 32
+_LOW = (1 << _SEED_BITS) - 1
+# Odd, 2**32 / golden ratio: multiples of it spread far apart mod 2**32 (a Weyl sequence), so the high
+# halves of seeds land far from each other's low halves.
+_FOLD = 0x9E3779B9
 
 
 def sample_seed(seed: int, index: int) -> int:
     """The noise seed of sample `index` in a run seeded `seed`: ``seed * 2**32 + index``.
 
-    Every entry point (``ADM.infer``, ``scripts/sample.py``, the demo) uses it, so one seed gives the same
-    images everywhere, and runs with different seeds never share a sample (seed s + 1 is not seed s shifted
-    by one).
+    Every entry point (``ADM.infer``, ``scripts/sample.py``, the demo, the training callbacks) uses it, so one
+    seed gives the same images everywhere. Samples of one run never share noise, and neither do samples of
+    runs seeded below 1000 that draw fewer than 1.9 million images each (see :func:`generator_seed`).
     """
     if not 0 <= index < 2**_SEED_BITS:
         raise ValueError(f"sample index must be in [0, 2**32), got {index}")
@@ -31,16 +38,44 @@ def sample_seed(seed: int, index: int) -> int:
     return (int(seed) << _SEED_BITS) + int(index)
 
 
+def upsample_seed(seed: int, index: int) -> int:
+    """Noise seed of sample `index`'s upsampling stage in a run seeded `seed` (a 63-bit hash of both).
+
+    Independent of the base stage's ``sample_seed(seed, index)`` and of every other sample's seeds, so the
+    upsampler's noise does not repeat the noise the base image was drawn from.
+    """
+    if index < 0 or seed < 0:
+        raise ValueError(f"seed and sample index must be >= 0, got seed={seed}, index={index}")
+    digest = hashlib.sha256(f"adm-upsample:{int(seed)}:{int(index)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
 def randn_like(x: torch.Tensor) -> torch.Tensor:
     """Default noise source: ``torch.randn_like`` from the global generator (looked up at call time)."""
     return torch.randn_like(x)
+
+
+def generator_seed(seed: int) -> int:
+    """The seed a CPU ``torch.Generator`` is given for a noise seed of up to 64 bits (32 bits).
+
+    torch's CPU generator (mt19937) keeps only the low 32 bits of its seed, so ``sample_seed(s, i)`` for
+    every run seed s would otherwise give sample i the same noise. The high half is folded in:
+    ``(low + high * 0x9E3779B9) mod 2**32``; seeds below 2**32 are used as they are. Seeds of one run
+    (same high half) never collide; seeds of two runs s != s' collide only if their indices differ by
+    ``(s' - s) * 0x9E3779B9 mod 2**32``, more than 1.9 million for any two run seeds below 1000.
+    """
+    seed = int(seed)
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"noise seeds must be in [0, 2**64), got {seed}")
+    return ((seed & _LOW) + (seed >> _SEED_BITS) * _FOLD) & _LOW
 
 
 class PerSampleNoise:
     """Noise source with one CPU ``torch.Generator`` per sample.
 
     Args:
-        seeds: one integer seed per sample of the batch (a list, range or 1-D tensor).
+        seeds: one integer seed in [0, 2**64) per sample of the batch (a list, range or 1-D tensor), e.g.
+            ``sample_seed(seed, i)``; each generator starts from :func:`generator_seed` of it.
     """
 
     def __init__(self, seeds: Iterable[int] | torch.Tensor) -> None:
@@ -49,7 +84,7 @@ class PerSampleNoise:
         self.seeds: list[int] = [int(s) for s in seeds]
         if not self.seeds:
             raise ValueError("PerSampleNoise needs at least one seed (one per sample)")
-        self.generators = [torch.Generator(device="cpu").manual_seed(s) for s in self.seeds]
+        self.generators = [torch.Generator(device="cpu").manual_seed(generator_seed(s)) for s in self.seeds]
 
     def __len__(self) -> int:
         return len(self.seeds)

@@ -24,19 +24,21 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-__all__ = ["METRIC_COLUMNS", "SweepSummary", "collect_runs", "plot_summary", "write_summary"]
+from adm.metrics.names import METRIC_TABLE, METRICS
+
+__all__ = [
+    "METRIC_COLUMNS",
+    "SweepSummary",
+    "collect_runs",
+    "format_summary",
+    "plot_summary",
+    "write_summary",
+]
 
 log = logging.getLogger(__name__)
 
-METRIC_COLUMNS = ("fid", "sfid", "is", "precision", "recall", "accuracy")
-_TITLES = {
-    "fid": "FID (lower is better)",
-    "sfid": "sFID",
-    "is": "IS",
-    "precision": "precision",
-    "recall": "recall",
-    "accuracy": "class accuracy",
-}
+METRIC_COLUMNS = METRICS
+_TITLES = {m.name: m.label + (" (lower is better)" if m.lower_is_better else "") for m in METRIC_TABLE}
 _COLUMNS = ("job", "overrides", "guidance_scale", "sampler", "steps", "num_samples", *METRIC_COLUMNS)
 
 
@@ -94,6 +96,24 @@ def write_summary(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
         for row in rows:
             writer.writerow({k: "" if row.get(k) is None else row[k] for k in _COLUMNS})
     return path
+
+
+def format_summary(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows as a plain-text table: guidance scale, then every score that some row has ('-' where a row
+    has none). A row's "label" (e.g. "real digits") stands in the first column instead of its scale."""
+    present = [m for m in METRIC_COLUMNS if any(r.get(m) is not None for r in rows)]
+    first = [str(r["label"]) if r.get("label") else f"{float(r['guidance_scale']):g}" for r in rows]
+    width = max([len("guidance scale"), *map(len, first)])
+    lines = [f"{'guidance scale':>{width}}" + "".join(f" {m:>10}" for m in present)]
+    lines.append("-" * len(lines[0]))
+    for row, name in zip(rows, first):
+        cells = []
+        for m in present:
+            v = row.get(m)
+            shown = "-" if v is None or v != v else f"{float(v):.3f}"  # v != v: NaN
+            cells.append(f" {shown:>10}")
+        lines.append(f"{name:>{width}}" + "".join(cells))
+    return "\n".join(lines)
 
 
 def _series_labels(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -192,6 +212,7 @@ class SweepSummary(Callback):
         if not rows:
             log.warning("no sample runs found in %s: no summary written", sweep_dir)
             return
+        log.info("sweep summary (%d runs):\n%s", len(rows), format_summary(rows))
         csv_path = write_summary(rows, sweep_dir / f"{self.filename}.csv")
         png_path = plot_summary(rows, sweep_dir / f"{self.filename}.png")
         log.info("sweep summary: %s%s", csv_path, f", {png_path}" if png_path else " (no scores to plot)")
