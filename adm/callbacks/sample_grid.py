@@ -11,10 +11,9 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
-from torchvision.utils import make_grid, save_image
 
 from adm.callbacks.ema import EMA
-from adm.io.samples import from_uint8
+from adm.io.samples import from_uint8, grid_image, save_grid, to_uint8
 from adm.sampling import LabelPlan, draw_images, sample_seed
 
 __all__ = ["SampleGrid", "sampling_network", "sample_conditioning"]
@@ -137,31 +136,30 @@ class SampleGrid(Callback):
             autocast=trainer.precision_plugin.forward_context,
         )
 
-    def _grid(self, x_0: torch.Tensor, num_classes: int | None) -> torch.Tensor:
-        nrow = self.nrow
-        if nrow is None:
-            nrow = num_classes if num_classes and self.labels is None else math.ceil(math.sqrt(len(x_0)))
-        return make_grid((x_0.cpu() + 1) / 2, nrow=min(nrow, len(x_0)), padding=2, pad_value=1.0)
+    def _nrow(self, count: int, num_classes: int | None) -> int:
+        if self.nrow is not None:
+            return self.nrow
+        return num_classes if num_classes and self.labels is None else math.ceil(math.sqrt(count))
 
     def log_grid(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         step = trainer.global_step
         self._last_step = step
         if not trainer.is_global_zero:
             return
-        x_0 = self.sample(trainer, pl_module)
+        # Quantised as sample files are, so the grid shows exactly the images scripts/sample.py writes.
+        images = to_uint8(self.sample(trainer, pl_module))
         # One row per class when the labels cycle through the classes (not for real images' labels).
         cycling = not getattr(pl_module, "conditions_on_images", False)
         num_classes = self._network(trainer, pl_module).num_classes if cycling else None
-        grid = self._grid(x_0, num_classes)  # (3, H, W) in [0, 1]
+        nrow = self._nrow(len(images), num_classes)
         if self.dirpath is not None:
-            self.dirpath.mkdir(parents=True, exist_ok=True)
-            save_image(grid, self.dirpath / f"step_{step:07d}.png")
-        image = (grid * 255).round().to(torch.uint8)
+            save_grid(images, self.dirpath / f"step_{step:07d}.png", nrow=nrow)
+        grid = grid_image(images, nrow=nrow)  # (H, W, C) uint8
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image("samples", image, global_step=step)
+                logger.experiment.add_image("samples", grid, global_step=step, dataformats="HWC")
             elif isinstance(logger, WandbLogger):
-                logger.log_image(key="samples", images=[image.permute(1, 2, 0).numpy()], step=step)
+                logger.log_image(key="samples", images=[grid], step=step)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int

@@ -56,6 +56,7 @@ __all__ = [
     "as_uint8_nchw",
     "by_class",
     "from_uint8",
+    "grid_image",
     "load_reference",
     "merge_shards",
     "npz_header",
@@ -236,20 +237,18 @@ def write_pngs(folder: PathLike, indices: range, images: np.ndarray, labels: np.
         Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(folder / f"{name}.png")
 
 
-def save_grid(images: np.ndarray, path: PathLike, nrow: int | None = None, padding: int = 2) -> Path:
-    """Save uint8 (n, H, W, C) images as one PNG grid, atomically; returns the path.
+def grid_image(images: np.ndarray, nrow: int | None = None, padding: int = 2) -> np.ndarray:
+    """uint8 (n, H, W, C) images -> one uint8 (rows * (H + p) + p, nrow * (W + p) + p, C) grid image.
 
     `nrow` images per row (default: about square), `padding` white pixels between images and around the
-    grid (torchvision's ``make_grid`` layout), so the PNG is (rows * (H + p) + p, nrow * (W + p) + p).
-    Grey images give a grey PNG.
+    grid (torchvision's ``make_grid`` layout). Grey images give a grey grid.
     """
-    from PIL import Image
     from torchvision.utils import make_grid
 
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3) or not len(images):
         raise ValueError(
-            f"save_grid needs uint8 images (n, H, W, C) with n >= 1 and C in {{1, 3}}, got {images.dtype} "
+            f"a grid needs uint8 images (n, H, W, C) with n >= 1 and C in {{1, 3}}, got {images.dtype} "
             f"{images.shape}; quantise float images with to_uint8 first"
         )
     n, channels = len(images), images.shape[-1]
@@ -259,10 +258,17 @@ def save_grid(images: np.ndarray, path: PathLike, nrow: int | None = None, paddi
         grid = torch.nn.functional.pad(batch[0], (padding,) * 4, value=255)
     else:
         grid = make_grid(batch, nrow=nrow, padding=padding, pad_value=255)
-    canvas = grid[:channels].permute(1, 2, 0).numpy()  # make_grid repeats grey to 3 channels
+    return np.ascontiguousarray(grid[:channels].permute(1, 2, 0).numpy())  # make_grid repeats grey to 3
+
+
+def save_grid(images: np.ndarray, path: PathLike, nrow: int | None = None, padding: int = 2) -> Path:
+    """Save uint8 (n, H, W, C) images as one PNG grid (:func:`grid_image`), atomically; returns the path."""
+    from PIL import Image
+
+    canvas = grid_image(images, nrow, padding)
     path = Path(path)
     with atomic_write(path) as f:
-        Image.fromarray(canvas[..., 0] if channels == 1 else canvas).save(f, format="PNG")
+        Image.fromarray(canvas[..., 0] if canvas.shape[-1] == 1 else canvas).save(f, format="PNG")
     return path
 
 
