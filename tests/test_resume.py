@@ -393,3 +393,24 @@ def test_resume_after_kill_9_is_bit_exact(tmp_path: Path):
         if key != "global_step":
             _same(a[key], b[key], key)
     _same(a["loops"], b["loops"], "loops")
+
+
+def test_each_rank_restores_its_own_random_streams():
+    """A 2-process checkpoint: rank 1 must get rank 1's saved streams (its row is a view at an offset)."""
+    from types import SimpleNamespace
+
+    from adm.lit.resume import RNG_KEY, RandomStreams, capture_rng_state
+
+    torch.manual_seed(10)
+    rank0 = capture_rng_state(cuda=False)
+    torch.manual_seed(11)
+    rank1 = capture_rng_state(cuda=False)
+    saved = {k: torch.stack([rank0[k], rank1[k]]) for k in rank0}
+    expected = torch.randn(4)  # what rank 1's stream draws next
+
+    torch.manual_seed(99)
+    callback = RandomStreams(seed=0)
+    trainer = SimpleNamespace(world_size=2, global_rank=1)
+    callback.on_load_checkpoint(trainer, None, {RNG_KEY: saved})
+    callback.on_train_start(trainer, None)
+    assert torch.equal(torch.randn(4), expected)

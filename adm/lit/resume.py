@@ -63,7 +63,7 @@ def capture_rng_state(cuda: bool = True) -> dict[str, torch.Tensor]:
 
 def restore_rng_state(state: dict[str, torch.Tensor]) -> None:
     """Inverse of :func:`capture_rng_state`."""
-    torch.set_rng_state(state["torch"].cpu().to(torch.uint8))
+    torch.set_rng_state(state["torch"].cpu().to(torch.uint8).clone())
     np_ints = state["numpy"].cpu().tolist()
     np.random.set_state(
         (
@@ -78,7 +78,7 @@ def restore_rng_state(state: dict[str, torch.Tensor]) -> None:
     has_gauss, gauss = state["python_gauss"].cpu().tolist()
     random.setstate((py[0], tuple(py[1:]), gauss if has_gauss else None))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"].cpu().to(torch.uint8))
+        torch.cuda.set_rng_state(state["cuda"].cpu().to(torch.uint8).clone())
 
 
 def _seed_process(seed: int) -> None:
@@ -130,7 +130,9 @@ class RandomStreams(Callback):
                 "the random streams restart from seed + rank (the run is no longer bit-exact)"
             )
             return
-        self._restore = {k: v[trainer.global_rank] for k, v in saved.items()}
+        # clone: a row of the saved (world, ...) tensor is a view at an offset, and torch.set_rng_state reads
+        # the whole underlying buffer from its start (rank >= 1 would restore rank 0's bytes, or crash).
+        self._restore = {k: v[trainer.global_rank].clone() for k, v in saved.items()}
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._restore is not None:
