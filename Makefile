@@ -38,8 +38,11 @@ test-all: $(STAMP) ## run every test, slow ones included
 demo: $(STAMP) ## train a guided ADM + noisy classifier on MNIST-5k, sweep guidance, write outputs/demo/
 	$(PY) scripts/demo.py
 
-bench: $(STAMP) ## sampler throughput and memory, eager vs torch.compile
-	$(PY) scripts/bench.py
+# `make bench OPENAI=../guided-diffusion` compares with OpenAI's code from a local checkout.
+OPENAI ?= $(ADM_OPENAI_REF)
+BENCH_ARGS ?=
+bench: $(STAMP) ## forward / training step / guided sampling speed, side by side with OpenAI's code
+	$(PY) scripts/bench.py $(if $(OPENAI),--openai $(OPENAI)) $(BENCH_ARGS)
 
 lint: $(STAMP) ## ruff lint + format check
 	$(VENV)/bin/ruff check .

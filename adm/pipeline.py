@@ -28,6 +28,7 @@ from adm.io.samples import from_uint8, to_uint8
 from adm.nn import SuperResUNet
 from adm.sampling import (
     SAMPLERS,
+    ClassifierFreeGuidance,
     ClassifierGuidance,
     Guidance,
     LabelPlan,
@@ -38,6 +39,12 @@ from adm.sampling import (
 )
 
 __all__ = ["ADM", "sample_two_stage", "upsample"]
+
+
+def _null_label(trained: Any) -> int | None:
+    """The null label a training checkpoint records (trained with label dropout), else None."""
+    return (trained.config.get("classifier_free") or {}).get("null_label")
+
 
 _INDEX_BITS = 32  # sample_seed(seed, i) == (seed << 32) + i
 
@@ -58,7 +65,11 @@ class ADM(nn.Module):
     """
 
     def __init__(
-        self, unet: nn.Module, diffusion: GaussianDiffusion, classifier: nn.Module | None = None
+        self,
+        unet: nn.Module,
+        diffusion: GaussianDiffusion,
+        classifier: nn.Module | None = None,
+        null_label: int | None = None,
     ) -> None:
         super().__init__()
         if bool(getattr(unet, "learn_sigma", diffusion.learn_sigma)) != diffusion.learn_sigma:
@@ -66,8 +77,10 @@ class ADM(nn.Module):
                 f"the UNet has learn_sigma={unet.learn_sigma} but the diffusion process "
                 f"{'learns' if diffusion.learn_sigma else 'fixes'} the variance; use the same learn_sigma"
             )
+        # The null label of a network trained with label dropout (classifier-free guidance), else None.
+        self.null_label = None if null_label is None else int(null_label)
         if classifier is not None:  # its process is unknown here; from_checkpoint compares that too
-            check_classifier_fits(unet, classifier, model_process=diffusion)
+            check_classifier_fits(self._data_classes_view(unet), classifier, model_process=diffusion)
         self.unet = unet
         self.diffusion = diffusion
         self.classifier = classifier
@@ -161,7 +174,7 @@ class ADM(nn.Module):
                 f"classifier={classifier!r} names the preset of OpenAI classifier weights: give the weights "
                 "too (classifier_ckpt=PATH)"
             )
-        return cls(trained.unet, trained.diffusion, clf)
+        return cls(trained.unet, trained.diffusion, clf, null_label=_null_label(trained))
 
     @staticmethod
     def _classifier_for(trained: Any, path: str | os.PathLike, preset: str | None) -> nn.Module:
@@ -195,16 +208,27 @@ class ADM(nn.Module):
                     f"classifier_ckpt={path} holds OpenAI-style weights: add classifier=<preset>{hint}"
                 )
             network = load_state_dict_checked(build_network(preset), state, hint=preset_hint).eval()
+        unet = trained.unet
+        if _null_label(trained) is not None:  # the classifier knows the data's classes, not the null one
+            unet = ClassifierFreeGuidance(0.0, _null_label(trained)).wrap_network(unet)
         check_classifier_fits(
-            trained.unet, network, model_process=trained.diffusion, classifier_process=classifier_process
+            unet, network, model_process=trained.diffusion, classifier_process=classifier_process
         )
         return network
+
+    def _data_classes_view(self, unet: nn.Module) -> nn.Module:
+        """`unet` as a network of the data's classes (without its null label, if it has one)."""
+        if self.null_label is None:
+            return unet
+        return ClassifierFreeGuidance(0.0, self.null_label).wrap_network(unet)
 
     # ------------------------------------------------------------------ sampling
     @property
     def num_classes(self) -> int | None:
         """Number of labels sampling can ask for (UNet's, else the classifier's); None if unconditional."""
         n = getattr(self.unet, "num_classes", None)
+        if n is not None and self.null_label is not None:
+            return self.null_label  # the null label (the last class) is not a class to draw
         return n if n is not None else getattr(self.classifier, "num_classes", None)
 
     @property
@@ -263,6 +287,7 @@ class ADM(nn.Module):
         show_progress: bool = False,
         low_res: torch.Tensor | None = None,
         spacing: str | None = None,
+        cfg_scale: float = 0.0,
     ) -> dict[str, torch.Tensor]:
         """Sample ``batch_size`` images.
 
@@ -272,7 +297,8 @@ class ADM(nn.Module):
                 ``scripts/sample.py labels=random``), one int for every image, or ``batch_size`` ints in
                 [0, num_classes).
             classifier_scale: classifier-guidance scale s (needs a classifier; 0 = no guidance).
-            sampler: "ddpm" (ancestral, learned variance) or "ddim".
+            sampler: "ddpm" (ancestral, learned variance), "ddim", "dpmpp_2m" or "dpmpp_3m" (DPM-Solver++;
+                `spacing` may also be "logsnr", their default).
             steps: how many of the 1000 training steps to sample (e.g. 250; per-section counts with
                 ``spacing="sections"``); None samples all of them.
             eta: DDIM noise (0 = deterministic); only for ``sampler="ddim"``.
@@ -284,6 +310,8 @@ class ADM(nn.Module):
                 [-1, 1] (``adm.io.samples.from_uint8`` converts sample-file images).
             spacing: how the `steps` are spread: "even" (default), "strided" (OpenAI's "ddimN") or
                 "sections".
+            cfg_scale: classifier-free guidance scale w (a model trained with label dropout; 0 = the
+                conditional model).
         Returns:
             {"samples": uint8 (B, H, W, C) images (OpenAI's quantisation ``((x + 1) * 127.5).clamp(0, 255)``
             truncated, as in their .npz files), "labels": int64 (B,) labels used (-1 when unconditional)}.
@@ -317,12 +345,20 @@ class ADM(nn.Module):
             )
         y = self._labels(batch_size, labels, run_seed, seeds)
         guidance = ClassifierGuidance(self.classifier, classifier_scale) if classifier_scale > 0 else None
+        net = self.unet
+        if self.null_label is not None:
+            net = ClassifierFreeGuidance(cfg_scale, self.null_label).wrap_network(self.unet)
+        elif cfg_scale != 0:
+            raise ValueError(
+                "cfg_scale needs a model trained with label dropout (a null label); this one has none: use "
+                "classifier_scale with a classifier"
+            )
         options = {"eta": eta} if sampler == "ddim" else {}
         was_training = self.training
         self.eval()
         try:
             x_0 = draw_images(
-                self.unet,
+                net,
                 self.diffusion,
                 functools.partial(SAMPLERS[sampler], steps=steps, spacing=spacing, **options),
                 seeds,

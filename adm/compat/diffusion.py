@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from adm.compat.models import create_model, diffusion_defaults, sr_create_model
+from adm.compat.models import create_classifier, create_model, diffusion_defaults, sr_create_model
 from adm.diffusion import losses
 from adm.diffusion.gaussian import GaussianDiffusion as _Core
 from adm.diffusion.schedules import named_beta_schedule, respaced_betas
@@ -39,6 +39,7 @@ __all__ = [
     "ModelMeanType",
     "ModelVarType",
     "SpacedDiffusion",
+    "create_classifier_and_diffusion",
     "create_gaussian_diffusion",
     "create_model_and_diffusion",
     "diffusion_config",
@@ -702,3 +703,47 @@ def sr_create_model_and_diffusion(
         )
     )
     return model, diffusion
+
+
+def create_classifier_and_diffusion(
+    image_size,
+    classifier_use_fp16,
+    classifier_width,
+    classifier_depth,
+    classifier_attention_resolutions,
+    classifier_use_scale_shift_norm,
+    classifier_resblock_updown,
+    classifier_pool,
+    learn_sigma,
+    diffusion_steps,
+    noise_schedule,
+    timestep_respacing,
+    use_kl,
+    predict_xstart,
+    rescale_timesteps,
+    rescale_learned_sigmas,
+):
+    """(EncoderUNetModel, SpacedDiffusion) from the flags of ``classifier_and_diffusion_defaults()``."""
+    classifier = create_classifier(
+        image_size,
+        classifier_use_fp16,
+        classifier_width,
+        classifier_depth,
+        classifier_attention_resolutions,
+        classifier_use_scale_shift_norm,
+        classifier_resblock_updown,
+        classifier_pool,
+    )
+    diffusion = create_gaussian_diffusion(
+        **_diffusion_kwargs(
+            diffusion_steps,
+            learn_sigma,
+            noise_schedule,
+            use_kl,
+            predict_xstart,
+            rescale_timesteps,
+            rescale_learned_sigmas,
+            timestep_respacing,
+        )
+    )
+    return classifier, diffusion

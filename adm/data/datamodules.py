@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import logging
 import os
 from pathlib import Path
 
@@ -36,6 +37,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from adm.data.folder import ImageFileDataset, find_images, folder_labels
 from adm.data.loading import ResumableLoader, resumable_loader
 from adm.data.transforms import AdmImageTransform
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ArrayImageDataset",
@@ -195,6 +198,23 @@ class ImageDataModule(pl.LightningDataModule):
         train_idx, val_idx = self.split_indices()
         self.train_set = Subset(self._dataset(self.train_transform), train_idx)
         self.val_set = Subset(self._get_eval_dataset(), val_idx)
+        log.info("%s", self.summary())
+
+    def summary(self) -> str:
+        """One line: images (train / held out), classes with their names, size and channels."""
+        n_train, n_val = (len(i) for i in self.split_indices())
+        if self.class_names is None:
+            classes = "unconditional"
+        else:
+            shown = ", ".join(self.class_names[:12]) + (", ..." if len(self.class_names) > 12 else "")
+            classes = f"{len(self.class_names)} classes ({shown})"
+        return (
+            f"Data: {n_train + n_val} images ({n_train} train, {n_val} held out), {classes}, "
+            f"{self.image_size}x{self.image_size} px, {self.channels} channel(s){self._size_note()}"
+        )
+
+    def _size_note(self) -> str:
+        return ""
 
     def _get_eval_dataset(self) -> Dataset:
         if self._eval_dataset is None:
@@ -434,6 +454,20 @@ class ImageFolderDataModule(ImageDataModule):
 
     def _check(self) -> None:
         self._get_eval_dataset().check_readable()
+
+    def _size_note(self) -> str:
+        """Says when the files are not data.image_size px (they are resized and centre-cropped)."""
+        try:
+            with Image.open(self.files[0]) as image:
+                w, h = image.size
+        except OSError:
+            return ""
+        if (w, h) == (self.image_size, self.image_size):
+            return ""
+        return (
+            f"; files are {w}x{h} px (first file) and are resized + centre-cropped to {self.image_size} px: "
+            "set data.image_size to train at their own size"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------

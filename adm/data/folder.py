@@ -25,7 +25,15 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFileDataset", "find_images", "folder_labels", "load_image"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageFileDataset",
+    "find_images",
+    "folder_content_hash",
+    "folder_labels",
+    "load_image",
+    "read_folder_images",
+]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp")
 # What PIL raises for unreadable / truncated / unsupported files (UnidentifiedImageError is an OSError).
@@ -193,3 +201,53 @@ class ImageFileDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, y = self.read(index)
         return self.transform(image), torch.tensor(y, dtype=torch.int64)
+
+
+def folder_content_hash(root: str | os.PathLike, files: Sequence[Path] | None = None) -> str:
+    """sha256 over the relative path and bytes of every image under `root` (changes with any content)."""
+    import hashlib
+
+    root = Path(root).expanduser()
+    files = find_images(root, "reference") if files is None else files
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.relative_to(root).as_posix().encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_folder_images(
+    root: str | os.PathLike, image_size: int, *, channels: int = 3, labels: str | None = "folder"
+) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
+    """Every image under `root`, decoded with ADM's deterministic preprocessing (BOX halvings, BICUBIC resize
+    of the short side, centre crop): the images a reference batch is made of.
+
+    Args:
+        channels: 3 (RGB) or 1 (grey).
+        labels: "folder" / "filename" (see the module doc) when the images lie in class folders; None: no
+            labels. With "folder", images directly in `root` (no class folders) give no labels.
+    Returns:
+        uint8 (N, image_size, image_size, channels); int64 (N,) labels or None; sorted class names or None.
+    Raises:
+        FileNotFoundError / ValueError: no folder, no images, an unreadable image (named).
+    """
+    from adm.data.transforms import resize_center_crop
+
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
+    root = Path(root).expanduser()
+    files = find_images(root, "reference")
+    if labels == "folder" and any(len(f.relative_to(root).parts) < 2 for f in files):
+        labels = None  # a flat folder: an unlabelled reference
+    label_list, names = folder_labels(root, files, labels) if labels is not None else (None, None)
+    out = np.empty((len(files), image_size, image_size, channels), dtype=np.uint8)
+    for i, f in enumerate(files):
+        try:
+            image = load_image(f).convert("RGB" if channels == 3 else "L")
+        except Exception as err:  # noqa: BLE001 - any decoding failure is reported with the file
+            raise ValueError(f"cannot read image {f}: {err}; remove or replace the file") from None
+        arr = resize_center_crop(image, image_size)
+        out[i] = arr if channels == 3 else arr[..., None]
+    return out, (np.asarray(label_list, dtype=np.int64) if label_list is not None else None), names

@@ -595,8 +595,11 @@ class ShardStore:
     def prepare(self) -> None:
         """Create the folder and record the settings; refuse a folder holding samples of other settings.
 
+        Settings recorded by a run that wrote no sample (it stopped before drawing) are simply replaced.
+
         Raises:
-            ValueError: ``sample_info.json`` in `out_dir` records other settings (the differences are listed).
+            ValueError: ``sample_info.json`` in `out_dir` records other settings (the differences are listed)
+                and samples made with them are there.
         """
         info_path = self.out_dir / INFO_FILE
         if info_path.is_file():
@@ -607,7 +610,10 @@ class ShardStore:
                     f"{info_path} is unreadable ({err}); delete it (and {self.shard_dir}) or pick a new "
                     "output folder"
                 ) from None
-            if old != self.fingerprint:
+            holds_samples = any(self.out_dir.glob("samples_*.npz")) or (
+                self.shard_dir.is_dir() and any(self.shard_dir.glob("shard_*.npz"))
+            )
+            if old != self.fingerprint and holds_samples:
                 raise ValueError(
                     f"{self.out_dir} holds samples made with other settings "
                     f"({_differences(old, self.fingerprint)}); sample into a new folder (another "

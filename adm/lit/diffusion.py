@@ -29,6 +29,10 @@ class DiffusionModule(TrainModule):
         unet: ``UNet`` (forward(x, t, y)). Class labels are passed when ``unet.num_classes`` is not None.
         diffusion: the (un-respaced) training process.
         timestep_sampler, optimizer, lr_schedule, config: see :class:`~adm.lit.common.TrainModule`.
+        label_dropout: probability that a training label is replaced by the null label, the network's last
+            class (classifier-free guidance, Ho & Salimans 2022): build the network with one class more
+            than the data has. The checkpoint's config records it as ``classifier_free: {label_dropout,
+            null_label}``, which is how sampling finds the null label. 0 (default): conditional training.
 
     Logs: train/loss, train/loss_mse, train/loss_vb and each by timestep quartile (train/loss_q0 .. _q3, ...).
     """
@@ -44,12 +48,33 @@ class DiffusionModule(TrainModule):
         optimizer: OptimizerFactory,
         lr_schedule: ScheduleFactory | None = None,
         config: dict[str, Any] | None = None,
+        label_dropout: float = 0.0,
     ):
+        label_dropout = float(label_dropout)
+        null_label: int | None = None
+        if not 0.0 <= label_dropout < 1.0:
+            raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout}")
+        if label_dropout > 0:
+            num_classes = getattr(unet, "num_classes", None)
+            data_classes = ((config or {}).get("data") or {}).get("num_classes")
+            if num_classes is None or (data_classes is not None and num_classes != data_classes + 1):
+                raise ValueError(
+                    f"label_dropout={label_dropout} needs a network with one class more than the data (the "
+                    f"null label): set model.num_classes={(data_classes or 0) + 1} (the data has "
+                    f"{data_classes} classes), got num_classes={num_classes}"
+                )
+            null_label = int(num_classes) - 1
+            config = {
+                **(config or {}),
+                "classifier_free": {"label_dropout": label_dropout, "null_label": null_label},
+            }
         super().__init__(
             timestep_sampler=timestep_sampler, optimizer=optimizer, lr_schedule=lr_schedule, config=config
         )
         self.unet = unet
         self.diffusion = diffusion
+        self.label_dropout = label_dropout
+        self.null_label = null_label
 
     def model_kwargs(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The network's conditioning for a batch (x_0 (B, C, H, W), y (B,)): ``{"y": y}`` or ``{}``.
@@ -72,7 +97,13 @@ class DiffusionModule(TrainModule):
         t, weights = t_cpu.to(self.device), weights.to(self.device)
         eps = torch.randn_like(x_0)
         x_t = self.diffusion.q_sample(x_0, t, eps)
-        model_output = self.unet(x_t, self.diffusion.model_timesteps(t), **self.model_kwargs(batch))
+        model_kwargs = self.model_kwargs(batch)
+        if self.null_label is not None:
+            # Label dropout: with probability label_dropout the network learns the unconditional model.
+            y = model_kwargs["y"]
+            dropped = torch.rand(y.shape, device=y.device) < self.label_dropout
+            model_kwargs["y"] = torch.where(dropped, torch.full_like(y, self.null_label), y)
+        model_output = self.unet(x_t, self.diffusion.model_timesteps(t), **model_kwargs)
         terms = self.diffusion.training_losses(model_output, x_0, x_t, t, eps)
 
         # The loss-aware sampler learns from every rank's losses, so all ranks keep the same history.

@@ -8,6 +8,9 @@ resulting `FeatureSet` as `reference`.
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from adm.io.files import atomic_write_bytes, file_sha256
 from adm.io.samples import ImageBatch, NpzImages, ReferenceBatch, load_reference, open_samples
 from adm.metrics.accuracy import class_accuracy
 from adm.metrics.extractor import FeatureExtractor
@@ -27,6 +31,7 @@ __all__ = [
     "METRICS",
     "METRIC_KINDS",
     "FeatureSet",
+    "check_same_images",
     "compute_metrics",
     "evaluate",
     "extract_features",
@@ -182,13 +187,23 @@ def reference_features(
     batch_size: int,
     limit: int | None = None,
     progress: bool = False,
+    cache_dir: str | Path | None = None,
 ) -> FeatureSet:
     """What `metrics` need from a reference batch. Precomputed `mu`/`sigma`/`mu_s`/`sigma_s` are used with the
     Inception extractor (they are Inception statistics) so that their images are read only when precision /
-    recall need the features themselves."""
+    recall need the features themselves.
+
+    cache_dir: keep the features in ``cache_dir/reference_features/<key>.npz``, the key hashing the reference
+    file's content, the extractor and its weights, the kinds and `limit`; a later call (another run of a
+    sweep) with the same key reads them instead of running the extractor. Only for ``.npz`` references and
+    extractors that name their weights (``source``).
+    """
     if not isinstance(reference, ReferenceBatch):
         reference = load_reference(reference)
     metrics = resolve_metrics(extractor, metrics)
+    cache = _cache_path(reference, extractor, metrics, limit, cache_dir)
+    if cache is not None and cache.is_file():
+        return _read_feature_cache(cache, extractor.name)
     stats = dict(reference.stats) if extractor.name == "inception" else {}
     kinds = [
         kind
@@ -215,7 +230,82 @@ def reference_features(
     else:
         feats = FeatureSet(extractor=extractor.name, count=len(reference.images) if reference.images else 0)
     feats.stats.update({k: v for k, v in stats.items() if k not in feats.stats})
+    if cache is not None:
+        _write_feature_cache(cache, feats)
     return feats
+
+
+def _cache_path(
+    reference: ReferenceBatch,
+    extractor: FeatureExtractor,
+    metrics: Sequence[str],
+    limit: int | None,
+    cache_dir: str | Path | None,
+) -> Path | None:
+    source = getattr(extractor, "source", None)
+    if cache_dir is None or source is None or not reference.path.is_file():
+        return None
+    weights = Path(str(source))
+    key = {
+        "reference": file_sha256(reference.path),
+        "extractor": extractor.name,
+        "weights": file_sha256(weights) if weights.is_file() else str(source),
+        "metrics": sorted(metrics),
+        "limit": limit,
+    }
+    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+    return Path(cache_dir).expanduser() / "reference_features" / f"{name}.npz"
+
+
+def _write_feature_cache(path: Path, feats: FeatureSet) -> None:
+    arrays = {f"features/{k}": v for k, v in feats.features.items()}
+    for kind, (mu, sigma) in feats.stats.items():
+        arrays[f"stats/{kind}/mu"], arrays[f"stats/{kind}/sigma"] = mu, sigma
+    if feats.labels is not None:
+        arrays["labels"] = feats.labels
+    arrays["count"] = np.asarray(feats.count)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _read_feature_cache(path: Path, extractor: str) -> FeatureSet:
+    with np.load(path) as data:
+        keys = list(data.keys())
+        feats = FeatureSet(
+            extractor=extractor,
+            features={k.split("/", 1)[1]: data[k] for k in keys if k.startswith("features/")},
+            labels=data["labels"] if "labels" in keys else None,
+            count=int(data["count"]),
+        )
+        for k in keys:
+            if k.startswith("stats/") and k.endswith("/mu"):
+                kind = k.split("/")[1]
+                feats.stats[kind] = (data[k], data[f"stats/{kind}/sigma"])
+    return feats
+
+
+def check_same_images(samples: NpzImages | ImageBatch, reference: ReferenceBatch | None) -> None:
+    """Samples and reference images must have one resolution and channel count (ValueError otherwise)."""
+    if reference is None or reference.images is None:
+        return
+    if isinstance(samples, NpzImages):
+        shape = tuple(samples.image_shape)
+    elif isinstance(samples, np.ndarray) and samples.dtype == np.uint8 and samples.ndim == 4:
+        shape = tuple(samples.shape[1:])
+    elif samples.ndim == 4:  # float (N, C, H, W)
+        shape = (samples.shape[2], samples.shape[3], samples.shape[1])
+    else:
+        return
+    ref_shape = tuple(reference.images.image_shape)
+    if shape != ref_shape:
+        (h, w, c), (sh, sw, sc) = ref_shape, shape
+        raise ValueError(
+            f"samples are {sh}x{sw} px with {sc} channel(s) but the reference images {reference.path} are "
+            f"{h}x{w} px with {c} channel(s): compare like with like; make a reference at the samples' size,"
+            f" e.g. python scripts/make_reference.py folder=IMAGES image_size={sh} channels={sc}"
+        )
 
 
 def compute_metrics(
@@ -271,6 +361,7 @@ def evaluate(
     progress: bool = False,
     split_size: int = SPLIT_SIZE,
     k: int = NEAREST_K,
+    cache_dir: str | Path | None = None,
 ) -> dict[str, float | int]:
     """Score a sample set against a reference batch with OpenAI's evaluator definitions.
 
@@ -278,7 +369,8 @@ def evaluate(
     (N, H, W, C) or float (N, C, H, W) in [-1, 1]) with optional `labels` (N,).
     reference: `.npz` path, `ReferenceBatch`, or a `FeatureSet` from `reference_features` (computed once,
     reused). metrics: names from `METRICS`; None = all the extractor supports ("accuracy" only with
-    labels). `limit` caps the number of samples used.
+    labels). `limit` caps the number of samples used. `cache_dir`: reuse the reference's features across
+    calls (see `reference_features`). Samples and reference images must have the same size and channels.
     Returns {metric: value, ..., "num_samples": N, "num_reference": N_ref}.
     """
     explicit = metrics is not None
@@ -302,8 +394,11 @@ def evaluate(
         if isinstance(reference, FeatureSet):
             ref_feats = reference
         else:
+            if not isinstance(reference, ReferenceBatch):
+                reference = load_reference(reference)
+            check_same_images(samples, reference)
             ref_feats = reference_features(
-                reference, extractor, metrics, batch_size=batch_size, progress=progress
+                reference, extractor, metrics, batch_size=batch_size, progress=progress, cache_dir=cache_dir
             )
     kinds = [METRIC_KINDS[m] for m in metrics]
     sample_feats = extract_features(

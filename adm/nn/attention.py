@@ -1,11 +1,16 @@
 """Self-attention over feature maps and the attention-pooling head of the noisy classifier.
 
-Both qkv channel layouts of OpenAI's checkpoints are supported and both run through
-``torch.nn.functional.scaled_dot_product_attention``:
+Both qkv channel layouts of OpenAI's checkpoints are supported:
 
-- legacy (``use_new_attention_order=False``): the qkv conv's output channels are ordered
+- legacy (``use_new_attention_order=False``): the qkv projection's output channels are ordered
   ``[heads, 3, ch]`` (each head holds its own q, k, v);
 - new (``use_new_attention_order=True`` and the classifier's attention pool): ``[3, heads, ch]``.
+
+The blocks work on tokens, ``(B, L, C)`` with channels last: the 1x1 qkv projection is then a plain
+matrix product whose output splits into q, k and v as ``(B, heads, L, ch)`` views with unit stride
+along ``ch``. That is the layout the fused kernels of ``scaled_dot_product_attention`` take (the flash
+kernel on CPU, flash / memory-efficient kernels on CUDA); with any other stride it falls back to the
+unfused math path, which materialises the ``L x L`` weights and pays for safe-softmax checks.
 
 SDPA scales ``q @ k^T`` by ``ch ** -0.5``, which equals OpenAI's ``(q * ch ** -0.25) @ (k * ch ** -0.25)^T``
 up to float rounding; the softmax runs in float32 for float32 inputs (and in float32 accumulators inside
@@ -21,8 +26,41 @@ from torch import nn
 from adm.nn.layers import maybe_checkpoint, normalization, zero_module
 
 
+def _split_heads(qkv: torch.Tensor, num_heads: int, legacy: bool) -> tuple[torch.Tensor, ...]:
+    """(B, L, 3 * heads * ch) -> q, k, v, each a (B, heads, L, ch) view with unit stride along ch."""
+    b, length, width = qkv.shape
+    ch = width // (3 * num_heads)
+    if legacy:
+        parts = qkv.view(b, length, num_heads, 3, ch).permute(3, 0, 2, 1, 4)  # (3, B, heads, L, ch)
+    else:
+        parts = qkv.view(b, length, 3, num_heads, ch).permute(2, 0, 3, 1, 4)
+    return parts.unbind(0)
+
+
+def token_attention(
+    qkv: torch.Tensor, num_heads: int, legacy: bool, query_tokens: int | None = None
+) -> torch.Tensor:
+    """Multi-head attention from packed projections in token layout.
+
+    Args:
+        qkv: (B, L, 3 * heads * ch) packed queries, keys and values, contiguous.
+        num_heads: number of heads.
+        legacy: ``True`` for the ``[heads, 3, ch]`` channel layout, ``False`` for ``[3, heads, ch]``.
+        query_tokens: attend from the first ``query_tokens`` positions only (all when None).
+    Returns:
+        (B, Lq, heads * ch) attended values, heads concatenated along the last dim.
+    """
+    qkv = qkv.contiguous()
+    q, k, v = _split_heads(qkv, num_heads, legacy)
+    if query_tokens is not None:
+        q = q[:, :, :query_tokens]
+    out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, Lq, ch)
+    b, _, length, ch = out.shape
+    return out.transpose(1, 2).reshape(b, length, num_heads * ch)
+
+
 def qkv_attention(qkv: torch.Tensor, num_heads: int, legacy: bool) -> torch.Tensor:
-    """Multi-head attention from packed projections.
+    """Multi-head attention from packed projections in channel layout (as OpenAI's ``QKVAttention``).
 
     Args:
         qkv: (B, 3 * heads * ch, L) packed queries, keys and values.
@@ -31,14 +69,12 @@ def qkv_attention(qkv: torch.Tensor, num_heads: int, legacy: bool) -> torch.Tens
     Returns:
         (B, heads * ch, L) attended values, heads concatenated along channels.
     """
-    b, width, length = qkv.shape
-    ch = width // (3 * num_heads)
-    if legacy:
-        q, k, v = qkv.reshape(b, num_heads, 3, ch, length).unbind(dim=2)  # each (B, heads, ch, L)
-    else:
-        q, k, v = qkv.reshape(b, 3, num_heads, ch, length).unbind(dim=1)
-    out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
-    return out.transpose(-1, -2).reshape(b, num_heads * ch, length)  # (B, heads * ch, L)
+    return token_attention(qkv.transpose(1, 2), num_heads, legacy).transpose(1, 2)
+
+
+def _pointwise(conv: nn.Conv1d, tokens: torch.Tensor) -> torch.Tensor:
+    """A 1x1 Conv1d applied to (B, L, C_in) tokens -> (B, L, C_out): one matrix product."""
+    return F.linear(tokens, conv.weight.squeeze(-1), conv.bias)
 
 
 def resolve_num_heads(channels: int, num_heads: int, num_head_channels: int) -> int:
@@ -83,16 +119,18 @@ class AttentionBlock(nn.Module):
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c = x.shape[:2]
         flat = x.reshape(b, c, -1)  # (B, C, L)
-        h = qkv_attention(self.qkv(self.norm(flat)), self.num_heads, self.legacy)
-        h = self.proj_out(h)
-        return (flat + h).reshape(x.shape)
+        tokens = self.norm(flat).transpose(1, 2).contiguous()  # (B, L, C)
+        h = token_attention(_pointwise(self.qkv, tokens), self.num_heads, self.legacy)  # (B, L, C)
+        h = _pointwise(self.proj_out, h).to(flat.dtype)
+        return (flat + h.transpose(1, 2)).reshape(x.shape)
 
 
 class AttentionPool2d(nn.Module):
     """Attention pooling (CLIP-style): the mean token attends over all positions of a square map.
 
     Parameter names: ``positional_embedding`` (C, S*S + 1), ``qkv_proj``, ``c_proj`` (1x1 Conv1d).
-    Uses the ``[3, heads, ch]`` qkv layout.
+    Uses the ``[3, heads, ch]`` qkv layout. Only the mean token's output is kept, so only its query
+    is computed (every other position's output would be thrown away).
     """
 
     def __init__(self, spatial_dim: int, embed_dim: int, num_head_channels: int, output_dim: int) -> None:
@@ -106,8 +144,8 @@ class AttentionPool2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, S, S) -> (B, output_dim)."""
         b, c = x.shape[:2]
-        x = x.reshape(b, c, -1)  # (B, C, S*S)
-        x = torch.cat([x.mean(dim=-1, keepdim=True), x], dim=-1)  # (B, C, S*S + 1)
-        x = x + self.positional_embedding[None].to(x.dtype)
-        x = qkv_attention(self.qkv_proj(x), self.num_heads, legacy=False)
-        return self.c_proj(x)[:, :, 0]
+        x = x.reshape(b, c, -1).transpose(1, 2)  # (B, S*S, C)
+        x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)  # (B, S*S + 1, C)
+        x = x + self.positional_embedding.t()[None].to(x.dtype)
+        x = token_attention(_pointwise(self.qkv_proj, x), self.num_heads, legacy=False, query_tokens=1)
+        return _pointwise(self.c_proj, x)[:, 0]  # (B, output_dim)

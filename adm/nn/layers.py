@@ -26,6 +26,11 @@ def maybe_checkpoint(enabled: bool, fn: Callable[..., torch.Tensor], *args: torc
     return fn(*args)
 
 
+def _silu(x: torch.Tensor) -> torch.Tensor:
+    """SiLU that overwrites ``x`` when autograd will not need it (``x`` must be a fresh temporary)."""
+    return F.silu(x, inplace=not (torch.is_grad_enabled() and x.requires_grad))
+
+
 class GroupNorm32(nn.GroupNorm):
     """GroupNorm (32 groups, eps 1e-5) always computed in float32.
 
@@ -38,6 +43,9 @@ class GroupNorm32(nn.GroupNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         device_type = x.device.type
+        plain = x.dtype == torch.float32 and self.weight.dtype == torch.float32
+        if plain and not torch.is_autocast_enabled(device_type):  # the common case: nothing to cast
+            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
         with torch.autocast(device_type=device_type, enabled=False):
             out = F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps)
         if torch.is_autocast_enabled(device_type):
@@ -188,19 +196,24 @@ class ResBlock(TimestepBlock):
         return maybe_checkpoint(self.use_checkpoint, self._forward, x, emb)
 
     def _forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        # The nn.SiLU / nn.Dropout modules of in_layers and out_layers are applied functionally (in place on
+        # fresh temporaries when autograd does not need their inputs); the state dict is unchanged.
+        norm_in, _, conv_in = self.in_layers
+        h = _silu(norm_in(x))
         if self.updown:
             # Resample between the activation and the conv of the first layer stack (and on the skip path).
-            h = self.in_layers[1](self.in_layers[0](x))
-            h = self.in_layers[2](self.h_upd(h))
+            h = self.h_upd(h)
             x = self.x_upd(x)
-        else:
-            h = self.in_layers(x)
+        h = conv_in(h)
         emb_out = self.emb_layers(emb).to(h.dtype)[:, :, None, None]  # (B, E', 1, 1)
+        norm_out, _, dropout, conv_out = self.out_layers
         if self.use_scale_shift_norm:
             scale, shift = emb_out.chunk(2, dim=1)
-            h = self.out_layers[0](h) * (1 + scale) + shift
-            for layer in self.out_layers[1:]:
-                h = layer(h)
+            h = torch.addcmul(shift, norm_out(h), 1 + scale)  # norm(h) * (1 + scale) + shift
         else:
-            h = self.out_layers(h + emb_out)
-        return self.skip_connection(x) + h
+            h = norm_out(h + emb_out)
+        h = conv_out(dropout(_silu(h)))
+        skip = self.skip_connection(x)
+        if torch.is_grad_enabled():
+            return skip + h
+        return h.add_(skip)  # h is the conv's fresh output

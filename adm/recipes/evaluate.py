@@ -1,23 +1,44 @@
-"""Evaluate a sample set against a reference batch: FID, sFID, IS, precision, recall (+ class accuracy).
+"""Evaluate a sample set against a reference: FID, sFID, IS, precision, recall (+ class accuracy); and make
+reference batches from image folders.
 
 python scripts/evaluate.py samples=samples.npz reference=VIRTUAL_imagenet64_labeled.npz
+python scripts/evaluate.py samples=samples.npz reference=path/to/my/images          # a folder of images
 python scripts/evaluate.py samples=DIR_OF_SHARDS reference=ref.npz feature_extractor=domain domain_ckpt=d.pt
 python scripts/evaluate.py samples=s.npz reference=ref.npz metrics=[fid,precision,recall] out=metrics.json
+python scripts/make_reference.py folder=path/to/my/images image_size=64       # ref .npz with statistics
+
+A folder of images as reference is read with ADM's preprocessing at the samples' size and channels (labels
+from class folders); the resulting batch is cached by the folder's content hash, and the reference's
+Inception features are cached by the batch's content hash, so a guidance sweep computes them once.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from adm.io.files import atomic_write_json
-from adm.io.samples import load_reference, open_samples
+from adm.data.folder import find_images, folder_content_hash, read_folder_images
+from adm.io.files import atomic_write_bytes, atomic_write_json
+from adm.io.samples import NpzImages, load_reference, open_samples
 from adm.metrics import build_extractor, evaluate
+from adm.metrics.evaluate import check_same_images, extract_features
+from adm.metrics.fid import gaussian_stats
+from adm.metrics.inception import default_cache_dir
 from adm.metrics.names import METRIC_LABELS
+
+__all__ = [
+    "evaluate_samples",
+    "is_image_folder",
+    "make_reference",
+    "reference_from_folder",
+    "resolve_reference",
+]
 
 log = logging.getLogger("evaluate")
 
@@ -38,7 +59,91 @@ def output_path(out: str | None, run_dir: str) -> Path:
     return path if path.suffix == ".json" else path / "metrics.json"
 
 
-def print_table(results: dict[str, Any], title: str) -> None:
+def _cache(cache_dir: str | Path | None) -> Path:
+    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+
+
+# --- references from image folders ------------------------------------------------------------------------
+def is_image_folder(path: str | Path) -> bool:
+    """A folder of images (no ``.npz`` sample shards): a reference read with ADM's preprocessing."""
+    path = Path(path).expanduser()
+    return path.is_dir() and not any(path.glob("*.npz"))
+
+
+def reference_from_folder(
+    folder: str | Path, image_size: int, channels: int, cache_dir: str | Path | None = None
+) -> Path:
+    """The reference batch (``arr_0`` images, ``arr_1`` labels from class folders) of an image folder at
+    `image_size` px and `channels`, as an ``.npz`` in ``cache_dir/reference_folders``, named by the folder's
+    content hash: made once, reused until a file changes."""
+    folder = Path(folder).expanduser()
+    files = find_images(folder, "reference")
+    key = f"{folder_content_hash(folder, files)[:32]}_{image_size}px_{channels}ch"
+    path = _cache(cache_dir) / "reference_folders" / f"{key}.npz"
+    if path.is_file():
+        log.info("Reference %s: %d images, cached at %s", folder, len(files), path)
+        return path
+    log.info(
+        "Reading %d images of %s at %d px (ADM preprocessing) -> %s", len(files), folder, image_size, path
+    )
+    images, labels, _ = read_folder_images(folder, image_size, channels=channels)
+    _write_npz(path, {"arr_0": images, **({"arr_1": labels} if labels is not None else {})})
+    return path
+
+
+def resolve_reference(
+    reference: str | Path, image_shape: tuple[int, int, int], cache_dir: str | Path | None = None
+) -> str:
+    """`reference` as a reference-batch path: an image folder becomes its cached batch at the samples'
+    (H, W, C); ``.npz`` files and folders of shards are returned as they are."""
+    if not is_image_folder(reference):
+        return str(reference)
+    h, w, c = image_shape
+    if h != w:
+        raise ValueError(f"samples of {h}x{w} px: a reference folder is read as square images")
+    return str(reference_from_folder(reference, h, c, cache_dir))
+
+
+def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def make_reference(cfg: DictConfig) -> dict[str, Any]:
+    """Write a reference batch in OpenAI's format from an image folder (``conf/make_reference.yaml``):
+    ``arr_0`` uint8 (N, H, W, C) images (ADM preprocessing), ``arr_1`` labels (class folders), and with
+    ``stats=true`` the Inception statistics ``mu``, ``sigma`` (pool_3) and ``mu_s``, ``sigma_s`` (sFID)."""
+    out = Path(cfg.out) if cfg.out is not None else None
+    device = resolve_device(cfg.device)
+    extractor = None
+    if cfg.stats:  # the weights first: a missing file fails before any image is read
+        extractor = build_extractor("inception", inception_weights=cfg.inception_weights, device=device)
+    images, labels, names = read_folder_images(
+        cfg.folder, cfg.image_size, channels=cfg.channels, labels=cfg.labels
+    )
+    n, h, w, c = images.shape
+    if out is None:
+        out = Path(cfg.paths.output_dir) / f"reference_{n}x{h}x{w}x{c}.npz"
+    arrays: dict[str, np.ndarray] = {"arr_0": images}
+    if labels is not None:
+        arrays["arr_1"] = labels
+    if extractor is not None:
+        feats = extract_features(
+            images, extractor, ["pool", "spatial"], batch_size=cfg.batch_size, progress=cfg.progress
+        )
+        arrays["mu"], arrays["sigma"] = gaussian_stats(feats.features["pool"])
+        arrays["mu_s"], arrays["sigma_s"] = gaussian_stats(feats.features["spatial"])
+    _write_npz(out, arrays)
+    classes = f"{len(names)} classes ({', '.join(names)})" if names else "no labels"
+    stats = "with Inception statistics" if extractor is not None else "images only"
+    log.info("Wrote %s: %d images %dx%dx%d, %s, %s", out, n, h, w, c, classes, stats)
+    return {"reference": str(out), "num_images": n, "image_shape": [h, w, c], "classes": names}
+
+
+# --- evaluation ---------------------------------------------------------------------------------------------
+def print_table(results: dict[str, Any], title: str, notes: dict[str, str] | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -47,13 +152,22 @@ def print_table(results: dict[str, Any], title: str) -> None:
     table.add_column("value", justify="right")
     for key, value in results.items():
         table.add_row(LABELS.get(key, key), f"{value:.4f}" if isinstance(value, float) else str(value))
+    for key, note in (notes or {}).items():
+        table.add_row(LABELS.get(key, key), note)
     Console().print(table)
+
+
+def skipped_metrics(extractor: Any, asked: Any) -> dict[str, str]:
+    """Metrics left out of an evaluation with every metric (``metrics=null``): ``{"is": "skipped: ..."}``."""
+    if asked is not None or getattr(extractor, "name", None) != "inception" or "logits" in extractor.provides:
+        return {}
+    return {"is": "skipped: these Inception weights have no logits layer (see inception_weights)"}
 
 
 def evaluate_samples(cfg: DictConfig) -> dict[str, Any]:
     # Check the files first: a malformed shard or reference fails before any network is loaded.
     samples = OmegaConf.to_container(cfg.samples) if OmegaConf.is_list(cfg.samples) else cfg.samples
-    sample_source, reference = open_samples(samples), load_reference(cfg.reference)
+    sample_source: NpzImages = open_samples(samples)
     log.info(
         "Samples: %d images %s in %d file(s)",
         len(sample_source),
@@ -61,6 +175,10 @@ def evaluate_samples(cfg: DictConfig) -> dict[str, Any]:
         len(sample_source.paths),
     )
     device = resolve_device(cfg.device)
+    if is_image_folder(cfg.reference):  # needs no network: check the weights after the images
+        find_images(cfg.reference, "reference")
+    else:
+        check_same_images(sample_source, load_reference(cfg.reference))
     log.info("Feature extractor: %s on %s", cfg.feature_extractor, device)
     extractor = build_extractor(
         cfg.feature_extractor,
@@ -69,6 +187,7 @@ def evaluate_samples(cfg: DictConfig) -> dict[str, Any]:
         cache_dir=cfg.cache_dir,
         device=device,
     )
+    reference = resolve_reference(cfg.reference, sample_source.image_shape, cfg.cache_dir)
     results = evaluate(
         sample_source,
         reference,
@@ -77,16 +196,20 @@ def evaluate_samples(cfg: DictConfig) -> dict[str, Any]:
         batch_size=cfg.batch_size,
         limit=cfg.num_samples,
         progress=cfg.progress,
+        cache_dir=_cache(cfg.cache_dir) if cfg.get("cache_reference", True) else None,
     )
+    notes = skipped_metrics(extractor, cfg.metrics)
     record = {
         **results,
+        **({"skipped": notes} if notes else {}),
         "feature_extractor": cfg.feature_extractor,
         "weights": getattr(extractor, "source", cfg.domain_ckpt),
         "samples": samples if isinstance(samples, list) else str(samples),
         "reference": str(cfg.reference),
+        **({"reference_batch": reference} if reference != str(cfg.reference) else {}),
     }
     path = output_path(cfg.out, cfg.paths.output_dir)
     atomic_write_json(path, record)
-    print_table(results, f"Metrics ({cfg.feature_extractor} features)")
+    print_table(results, f"Metrics ({cfg.feature_extractor} features)", notes)
     log.info("Wrote %s", path)
     return results

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from lightning_fabric import Fabric
+from lightning_fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
@@ -45,7 +46,7 @@ from adm.io.samples import (
     write_pngs,
 )
 from adm.nn import load_state_dict_checked
-from adm.sampling import Guidance, LabelPlan, draw_images, sample_seed
+from adm.sampling import ClassifierFreeGuidance, Guidance, LabelPlan, draw_images, sample_seed
 
 log = logging.getLogger("sample")
 
@@ -71,6 +72,7 @@ class Loaded:
     info: dict[str, Any] = field(default_factory=dict)
     diffusion: Any = None
     diffusion_config: dict[str, Any] | None = None
+    null_label: int | None = None  # trained with label dropout: the label meaning "no class" (guidance=cfg)
 
 
 # --- networks --------------------------------------------------------------------------------------------
@@ -131,15 +133,18 @@ def load_model(cfg: DictConfig) -> Loaded:
             raise
         if trained.kind != "diffusion":
             raise ValueError(f"ckpt={cfg.ckpt} holds a noisy classifier; pass it as classifier_ckpt=...")
+        classifier_free = trained.config.get("classifier_free") or {}
         return Loaded(
             network=trained.unet,
             diffusion=trained.diffusion,
             diffusion_config=trained.config["diffusion"],
+            null_label=classifier_free.get("null_label"),
             fingerprint={"sha256": file_sha256(cfg.ckpt), "weights": trained.weights},
             info={
                 "path": str(Path(cfg.ckpt).resolve()),
                 "step": trained.step,
                 "network": trained.config["model"],
+                "class_names": (trained.config.get("data") or {}).get("class_names"),
             },
         )
 
@@ -230,14 +235,21 @@ def check_classifier(unet: nn.Module, classifier: nn.Module, model: Loaded, guid
 
 # --- devices and the run ---------------------------------------------------------------------------------
 def build_fabric(trainer: dict[str, Any]) -> Fabric:
-    """Lightning Fabric from the ``trainer`` settings; several devices -> one spawned process per device."""
+    """Lightning Fabric from the ``trainer`` settings.
+
+    Several devices or nodes: the processes a cluster started (``srun`` under SLURM, ``torchrun``) join one
+    DDP group; started by hand, one process per device is spawned.
+    """
     strategy = trainer["strategy"]
     devices = trainer["devices"]
     many = (
         (isinstance(devices, int) and devices > 1) or isinstance(devices, list | tuple) and len(devices) > 1
     )
     if strategy == "auto" and (many or int(trainer["num_nodes"]) > 1):
-        strategy = "ddp_spawn"
+        launched = (SLURMEnvironment.detect() and int(os.environ.get("SLURM_NTASKS", "1")) > 1) or (
+            TorchElasticEnvironment.detect()
+        )
+        strategy = "ddp" if launched else "ddp_spawn"
     return Fabric(
         accelerator=trainer["accelerator"],
         devices=devices,
@@ -251,6 +263,14 @@ def _sampler_name(sampler_cfg: dict[str, Any]) -> str:
     target = str(sampler_cfg.get("_target_", ""))
     name = target.rsplit(".", 1)[-1]
     return name[: -len("_sample")] if name.endswith("_sample") else name
+
+
+def guidance_name(guidance_cfg: dict[str, Any] | None) -> str | None:
+    """The kind of a ``guidance`` config: "classifier", "cfg" (classifier-free) or None."""
+    if not guidance_cfg:
+        return None
+    target = str(guidance_cfg.get("_target_", "")).rsplit(".", 1)[-1]
+    return {"ClassifierGuidance": "classifier", "ClassifierFreeGuidance": "cfg"}.get(target, target)
 
 
 def _settings(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -386,6 +406,24 @@ def generate_shards(
     return {"generated": len(todo), "skipped": skipped}
 
 
+def labels_by_name(labels: Any, class_names: list[str] | None) -> Any:
+    """``labels=`` with class names (``labels=seven``, ``labels=[zero,seven]``) as class indices, using the
+    names the checkpoint records (``data.class_names``); indices and "random" pass through unchanged."""
+
+    def index(value: Any) -> Any:
+        if not isinstance(value, str) or value == "random" or value.strip().lstrip("-").isdigit():
+            return value
+        if not class_names:
+            raise ValueError(
+                f"labels={value}: this model records no class names; give class indices (e.g. labels=3)"
+            )
+        if value not in class_names:
+            raise ValueError(f"labels={value}: no class of that name; the classes are {class_names}")
+        return class_names.index(value)
+
+    return [index(v) for v in labels] if isinstance(labels, list) else index(labels)
+
+
 def build_run(fabric: Fabric, cfg: dict[str, Any]) -> tuple[ShardStore, ShardDrawer]:
     """Load the networks on this process's device and describe the run's files."""
     dcfg = DictConfig(cfg)
@@ -395,11 +433,28 @@ def build_run(fabric: Fabric, cfg: dict[str, Any]) -> tuple[ShardStore, ShardDra
     guidance = None
     settings = _settings(cfg)
     scale = float((cfg["guidance"] or {}).get("scale", 0.0))
-    if guide is not None:
+    factory = instantiate(dcfg.guidance) if cfg["guidance"] is not None else None
+    classifier_free = getattr(factory, "func", None) is ClassifierFreeGuidance
+    if model.null_label is not None:
+        # Trained with a null class: sampled as a network of the data's classes (labels never draw the null
+        # one), guided by guidance=cfg at its scale, else the plain conditional model.
+        cfg_scale = scale if classifier_free else 0.0
+        unet = ClassifierFreeGuidance(cfg_scale, model.null_label).wrap_network(unet)
+    elif classifier_free and scale != 0:
+        raise ValueError(
+            f"guidance=cfg guidance.scale={scale} needs a model trained with a null label (label_dropout > "
+            "0, e.g. scripts/train.py experiment=demo_cfg); this one has none: use guidance=classifier with "
+            "classifier_ckpt=PATH"
+        )
+    if classifier_free and guide is not None:
+        # Kept working so that one sweep can cover guidance=classifier,cfg with a classifier_ckpt for both.
+        log.warning("guidance=cfg uses no classifier: classifier_ckpt=%s is ignored", cfg["classifier_ckpt"])
+        guide = None
+    if not classifier_free and guide is not None:
         check_classifier(unet, guide.network, model, guide)
         classifier = guide.network.to(fabric.device)
-        guidance = instantiate(dcfg.guidance)(classifier) if cfg["guidance"] is not None else None
-    elif scale != 0:
+        guidance = factory(classifier) if factory is not None else None
+    elif not classifier_free and scale != 0:
         raise ValueError(f"guidance.scale={scale} needs a noisy classifier: add classifier_ckpt=PATH")
     sampler = instantiate(dcfg.sampler)
 
@@ -408,7 +463,8 @@ def build_run(fabric: Fabric, cfg: dict[str, Any]) -> tuple[ShardStore, ShardDra
         if unet.num_classes is not None
         else (guide.network.num_classes if guide is not None else None)
     )
-    labels = LabelPlan(_plain(cfg["labels"]), num_classes, cfg["seed"]) if num_classes is not None else None
+    plan = labels_by_name(_plain(cfg["labels"]), model.info.get("class_names"))
+    labels = LabelPlan(plan, num_classes, cfg["seed"]) if num_classes is not None else None
     if labels is None and cfg["labels"] not in ("random", None):
         raise ValueError(f"labels={cfg['labels']} but the model is unconditional and no classifier guides it")
     drawer = ShardDrawer(
@@ -468,12 +524,14 @@ def run_rank(fabric: Fabric, cfg: dict[str, Any]) -> dict[str, Any] | None:
     store, drawer = build_run(fabric, cfg)
     done = False
     if fabric.global_rank == 0:
+        check_scoring(cfg, drawer.image_shape)  # before the run records its settings or draws anything
         store.prepare()
         done = _merged_is_complete(store)
     done = fabric.broadcast(done, src=0)
     counts = {"generated": 0, "skipped": store.layout.num_shards}
     if not done:
         png_dir = Path(cfg["out_dir"]) / "png" if cfg["save_png"] else None
+        started = time.perf_counter()
         counts = generate_shards(
             store,
             drawer,
@@ -483,6 +541,9 @@ def run_rank(fabric: Fabric, cfg: dict[str, Any]) -> dict[str, Any] | None:
             progress=cfg["progress"],
             png_dir=png_dir,
         )
+        if counts["generated"] and not counts["skipped"]:  # this run drew every image: time per image
+            elapsed = time.perf_counter() - started
+            counts["seconds_per_image"] = elapsed * fabric.world_size / cfg["num_samples"]
     fabric.barrier()
     if fabric.global_rank != 0:
         return None
@@ -500,18 +561,42 @@ def run_rank(fabric: Fabric, cfg: dict[str, Any]) -> dict[str, Any] | None:
         "generated_shards": counts["generated"],
         "skipped_shards": counts["skipped"],
     }
-    metrics = score(cfg, store, fabric.device)
+    metrics = score(cfg, store, fabric.device, seconds_per_image=counts.get("seconds_per_image"))
     if metrics is not None:
         result["metrics"] = metrics
     return result
 
 
-def score(cfg: dict[str, Any], store: ShardStore, device: torch.device) -> dict[str, Any] | None:
-    """Score the merged samples if ``evaluate.reference`` / ``.domain_ckpt`` is set -> metrics.json."""
+def check_scoring(cfg: dict[str, Any], image_shape: tuple[int, int, int]) -> None:
+    """What scoring will need, checked before sampling: the Inception weights (a reference without a domain
+    classifier), a reference of the samples' size and channels. An image folder as ``evaluate.reference``
+    becomes its cached reference batch at the samples' size (``evaluate.reference_batch``)."""
+    ecfg = cfg["evaluate"]
+    if ecfg["reference"] is None:
+        return
+    from adm.io.samples import load_reference
+    from adm.metrics.evaluate import check_same_images
+    from adm.metrics.inception import resolve_inception_weights
+    from adm.recipes.evaluate import resolve_reference
+
+    if ecfg["domain_ckpt"] is None:
+        resolve_inception_weights(ecfg["inception_weights"])  # FileNotFoundError saying where to put them
+    ecfg["reference_batch"] = resolve_reference(ecfg["reference"], image_shape)
+    check_same_images(np.zeros((1, *image_shape), dtype=np.uint8), load_reference(ecfg["reference_batch"]))
+
+
+def score(
+    cfg: dict[str, Any], store: ShardStore, device: torch.device, seconds_per_image: float | None = None
+) -> dict[str, Any] | None:
+    """Score the merged samples if ``evaluate.reference`` / ``.domain_ckpt`` is set -> metrics.json.
+
+    ``seconds_per_image``: wall time of drawing them (when this run drew them all), recorded alongside.
+    """
     ecfg = cfg["evaluate"]
     if ecfg["reference"] is None and ecfg["domain_ckpt"] is None:
         return None
     from adm.metrics import build_extractor, evaluate
+    from adm.metrics.inception import default_cache_dir
 
     kind = "domain" if ecfg["domain_ckpt"] is not None else "inception"
     extractor = build_extractor(
@@ -523,19 +608,22 @@ def score(cfg: dict[str, Any], store: ShardStore, device: torch.device) -> dict[
     start = time.perf_counter()
     results = evaluate(
         store.merged_path,
-        ecfg["reference"],
+        ecfg.get("reference_batch", ecfg["reference"]),
         extractor,
         list(metrics) if metrics is not None else None,
         batch_size=ecfg["batch_size"],
         progress=cfg["progress"],
+        cache_dir=default_cache_dir() if kind == "inception" else None,  # a sweep computes the reference once
     )
     sampler = store.fingerprint["sampler"]
     record = {
         **results,
         "guidance_scale": float((cfg["guidance"] or {}).get("scale", 0.0)),
+        "guidance": guidance_name(cfg["guidance"]),
         "sampler": _sampler_name(sampler),
         "steps": sampler.get("steps"),
         "eta": sampler.get("eta"),
+        "seconds_per_image": seconds_per_image,
         "seed": cfg["seed"],
         "feature_extractor": kind,
         "reference": ecfg["reference"],

@@ -5,8 +5,8 @@
 ``metrics.json``. At the end of the multirun, :class:`SweepSummary` (registered under ``hydra.callbacks``
 in ``conf/sample.yaml``) collects them:
 
-- ``summary.csv``: job, overrides, guidance_scale, sampler, steps, num_samples, fid, sfid, is, precision,
-  recall, accuracy (empty where a run was not scored);
+- ``summary.csv``: job, overrides, guidance (classifier / cfg), guidance_scale, sampler, steps, num_samples,
+  fid, sfid, is, precision, recall, accuracy, seconds_per_image (empty where a run was not scored);
 - ``summary.png``: each score against the guidance scale (one line per combination of the other swept
   settings), plus precision against recall: the paper's fidelity / diversity trade-off.
 """
@@ -39,7 +39,18 @@ log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = METRICS
 _TITLES = {m.name: m.label + (" (lower is better)" if m.lower_is_better else "") for m in METRIC_TABLE}
-_COLUMNS = ("job", "overrides", "guidance_scale", "sampler", "steps", "num_samples", *METRIC_COLUMNS)
+_COLUMNS = (
+    "job",
+    "overrides",
+    "guidance",
+    "guidance_scale",
+    "sampler",
+    "steps",
+    "num_samples",
+    *METRIC_COLUMNS,
+    "seconds_per_image",
+)
+_GUIDANCE_NAMES = {"ClassifierGuidance": "classifier", "ClassifierFreeGuidance": "cfg"}
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -76,12 +87,16 @@ def collect_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
             "dir": str(job_dir),
             "job": job_dir.name,
             "overrides": " ".join(_overrides(job_dir)),
+            "guidance": _GUIDANCE_NAMES.get(
+                str(guidance.get("_target_", "")).rsplit(".", 1)[-1], guidance.get("_target_")
+            ),
             "guidance_scale": float(guidance.get("scale", 0.0)),
             "sampler": name,
             "steps": sampler.get("steps"),
             "num_samples": info.get("num_samples"),
         }
         row.update({m: metrics.get(m) for m in METRIC_COLUMNS})
+        row["seconds_per_image"] = metrics.get("seconds_per_image")
         rows.append(row)
     rows.sort(key=lambda r: (r["guidance_scale"], int(r["job"]) if r["job"].isdigit() else r["job"]))
     return rows

@@ -6,12 +6,13 @@ One recipe (:func:`fit`) serves the diffusion model (:func:`train`), the noisy c
 
     python scripts/train.py experiment=smoke                                  # seconds, CPU
     python scripts/train.py model=adm_u_64 data=imagenet64 trainer=ddp trainer.devices=8 batch_size=2048
-    python scripts/train.py hydra.run.dir=DIR ckpt_path=last    # resume DIR/checkpoints/last.ckpt
+    python scripts/train.py resume=DIR        # continue the run in DIR: its overrides, its last checkpoint
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,22 @@ from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
+from adm.config import preset_hint
+from adm.io.init_weights import check_resume, load_init_weights
 from adm.lit import ClassifierModule, DiffusionModule
 from adm.lit.common import per_device_batch_size
 from adm.lit.superres import SuperResModule
+from adm.recipes.runs import (
+    MissingPathError,
+    UsageError,
+    check_checkpoint_matches,
+    check_saved_config,
+    cluster_plugins,
+    find_checkpoint,
+    preflight,
+    trainer_kwargs,
+    wandb_run_id,
+)
 
 log = logging.getLogger("train")
 
@@ -46,7 +60,11 @@ def build_trainer_and_data(cfg: DictConfig) -> tuple[pl.Trainer, pl.LightningDat
     log.info("Instantiating loggers: %s", ", ".join(k for k, v in (cfg.get("logger") or {}).items() if v))
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     log.info("Instantiating trainer <%s> (precision %s)", cfg.trainer._target_, cfg.trainer.precision)
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    plugins = cluster_plugins()  # SLURM under the submitit launcher (adm.recipes.runs)
+    if plugins:
+        plugins = [*instantiate(cfg.trainer.get("plugins") or []), *plugins]
+    extra = {"plugins": plugins} if plugins else {}
+    trainer = instantiate(trainer_kwargs(cfg.trainer), callbacks=callbacks, logger=loggers or False, **extra)
     accumulate = trainer.accumulate_grad_batches
     per_device = per_device_batch_size(cfg.batch_size, trainer.num_devices, trainer.num_nodes, accumulate)
     log.info(
@@ -89,28 +107,58 @@ def check_data_values(cfg: DictConfig, network_key: str) -> None:
 
 
 def save_resolved_config(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
-    """Print the resolved config, write it to output_dir/resolved_config.yaml; return it as a plain dict."""
+    """Print the resolved config, write it to output_dir/resolved_config.yaml; return it as a plain dict.
+
+    A run directory keeps its first config: an existing resolved_config.yaml is never rewritten, and one
+    that trains something else raises a UsageError (a continuation may change how long it runs and how
+    often it saves: ``adm.recipes.runs.CONTINUATION_KEYS``).
+    """
     plain = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
     text = OmegaConf.to_yaml(plain)
+    write = check_saved_config(text, output_dir)
     if rank_zero_only.rank == 0:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "resolved_config.yaml").write_text(text)
+        if write:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            (output_dir / "resolved_config.yaml").write_text(text)
         print(text)
     return plain
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
-    """None, "last" (output_dir/checkpoints/last.ckpt when it exists) or an existing file."""
+    """The checkpoint to resume from, or None to start.
+
+    - None: start; refused (UsageError) when output_dir already holds a checkpoint of this run, unless
+      this is a requeued SLURM job (``SLURM_RESTART_COUNT`` > 0), which continues from it as Lightning does;
+    - "last": the newest of output_dir/checkpoints/last.ckpt and output_dir/hpc_ckpt_<n>.ckpt (written
+      on a SLURM pre-emption); none there is a UsageError;
+    - "auto": as "last" when there is one, else start (the same command starts and continues a run);
+    - a path: that file.
+    """
+    found = find_checkpoint(output_dir)
+    if ckpt_path in (None, "") and found is not None and int(os.environ.get("SLURM_RESTART_COUNT", 0)) > 0:
+        log.info("Requeued SLURM job: continuing from %s", found)
+        return str(found)
     if ckpt_path in (None, ""):
+        if found is not None:
+            raise UsageError(
+                f"{output_dir} already holds {found.name} of this run: continue it with ckpt_path=last (or "
+                "ckpt_path=auto), or train in a new directory (drop hydra.run.dir, or give a new one)"
+            )
         return None
-    if ckpt_path == "last":
-        last = output_dir / "checkpoints" / "last.ckpt"
-        if not last.is_file():
-            log.info("ckpt_path=last: no %s yet, starting from scratch", last)
-            return None
-        return str(last)
+    if ckpt_path in ("last", "auto"):
+        if found is None and ckpt_path == "last":
+            raise UsageError(
+                f"ckpt_path=last: no checkpoint in {output_dir} (checkpoints/last.ckpt or hpc_ckpt_*.ckpt); "
+                "give the run directory that holds one (resume=DIR or hydra.run.dir=DIR), or ckpt_path=auto "
+                "to start when there is none"
+            )
+        if found is None:
+            log.info("ckpt_path=auto: no checkpoint in %s yet, starting from scratch", output_dir)
+        return None if found is None else str(found)
     if not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist; give a .ckpt file or ckpt_path=last")
+        raise MissingPathError(
+            f"ckpt_path={ckpt_path} does not exist; give a .ckpt file, ckpt_path=last or ckpt_path=auto"
+        )
     return str(ckpt_path)
 
 
@@ -129,31 +177,91 @@ def fit(cfg: DictConfig, network_key: str, make_module: Callable[..., pl.Lightni
     seed = pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     check_data_values(cfg, network_key)
+    preflight(cfg)  # GPU, CPU cores, data folder: one UsageError before anything is built
+    if (cfg.get("logger") or {}).get("wandb") and cfg.logger.wandb.get("id") is None:
+        with open_dict(cfg):
+            cfg.logger.wandb.id = wandb_run_id(output_dir)  # a resumed run continues the same W&B run
     trainer, datamodule = build_trainer_and_data(cfg)
     net_cfg = cfg[network_key]
-    plain = save_resolved_config(cfg, output_dir)
     log.info("Instantiating %s <%s>, diffusion and timestep sampler", network_key, net_cfg._target_)
+    network = instantiate(net_cfg)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    if ckpt_path is not None:
+        check_resume(ckpt_path, trainer.max_steps)
+    # before the run directory records its config: a wrong init_ckpt leaves nothing to clash with the rerun
+    init_from_weights(cfg, network_key, network, resuming=ckpt_path is not None)
+    plain = save_resolved_config(cfg, output_dir)
     diffusion = instantiate(cfg.diffusion)
+    if ckpt_path is not None:
+        check_checkpoint_matches(ckpt_path, plain, network_key)
     module = make_module(
-        instantiate(net_cfg),
+        network,
         diffusion=diffusion,
         timestep_sampler=instantiate(cfg.timestep_sampler, diffusion),
         optimizer=instantiate(cfg.optimizer),
         lr_schedule=instantiate(cfg.lr_schedule) if cfg.get("lr_schedule") else None,
-        config={k: plain[k] for k in (network_key, "diffusion", "data")},
+        config=checkpoint_config(plain, network_key, datamodule),
     )
     for logger in trainer.loggers:
         logger.log_hyperparams({**plain, "seed": seed})
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     log.info("Starting training%s", f" from {ckpt_path}" if ckpt_path else "")
+    before = checkpoint_stamps(output_dir / "checkpoints")
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    log.info("Done: checkpoints in %s", output_dir / "checkpoints")
+    log_written(output_dir / "checkpoints", before, trainer.global_step)
     return trainer
+
+
+def checkpoint_config(plain: dict[str, Any], network_key: str, datamodule: Any) -> dict[str, Any]:
+    """The config every checkpoint carries: network, process and data, the data with its class names
+    (``data.class_names``, index order) so that sampling can ask for classes by name."""
+    config = {k: plain[k] for k in (network_key, "diffusion", "data")}
+    names = getattr(datamodule, "class_names", None)
+    if names is not None:
+        config["data"] = {**config["data"], "class_names": [str(n) for n in names]}
+    return config
+
+
+def init_from_weights(cfg: DictConfig, network_key: str, network: Any, resuming: bool) -> None:
+    """``init_ckpt=PATH``: load a released / trained network's weights into `network` (a new run: step 0).
+
+    ``init_ema`` (default true) picks the EMA weights of one of our checkpoints, false the raw ones. A resumed
+    run (``ckpt_path``) takes its weights from the resumed checkpoint, so init_ckpt is not read then.
+    """
+    init_ckpt = cfg.get("init_ckpt")
+    if cfg.get("init_required") and init_ckpt in (None, ""):
+        raise ValueError(
+            "init_ckpt is not set: this experiment fine-tunes existing weights; give init_ckpt=PATH (an "
+            "OpenAI released .pt file such as 64x64_diffusion.pt, or a .ckpt of ours)"
+        )
+    if init_ckpt in (None, ""):
+        return
+    if resuming:
+        log.info("Resuming: the weights come from ckpt_path, init_ckpt=%s is not read", init_ckpt)
+        return
+    ema = cfg.get("init_ema", True)
+    load_init_weights(network, init_ckpt, section=network_key, ema=ema, hint=preset_hint)
+
+
+def checkpoint_stamps(checkpoint_dir: Path) -> dict[str, int]:
+    """``{file name: modification time (ns)}`` of the checkpoints in `checkpoint_dir`."""
+    return {p.name: p.stat().st_mtime_ns for p in checkpoint_dir.glob("*.ckpt") if p.is_file()}
+
+
+@rank_zero_only
+def log_written(checkpoint_dir: Path, before: dict[str, int], step: int) -> None:
+    """Log the checkpoints this run wrote (new or rewritten since `before`), or that it wrote none."""
+    now = checkpoint_stamps(checkpoint_dir)
+    written = sorted(name for name, stamp in now.items() if before.get(name) != stamp)
+    if written:
+        log.info("Done at step %d: wrote %s in %s", step, ", ".join(written), checkpoint_dir)
+    else:
+        log.info("Done at step %d: no checkpoint was written (nothing trained, or no checkpoint saver)", step)
 
 
 def train(cfg: DictConfig) -> pl.Trainer:
     """Train the diffusion model ``cfg.model`` (a UNet) on ``cfg.data``."""
-    return fit(cfg, "model", lambda unet, **kw: DiffusionModule(unet=unet, **kw))
+    dropout = float(cfg.get("label_dropout") or 0.0)  # classifier-free guidance training (conf/train.yaml)
+    return fit(cfg, "model", lambda unet, **kw: DiffusionModule(unet=unet, label_dropout=dropout, **kw))
 
 
 def train_classifier(cfg: DictConfig) -> pl.Trainer:

@@ -1,0 +1,42 @@
+"""scripts/bench.py runs end to end in its tiny configuration (without a reference checkout)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("adm_bench_script", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_bench_prints_one_table_without_the_reference(bench, monkeypatch, capsys):
+    monkeypatch.delenv("ADM_OPENAI_REF", raising=False)
+    rows = bench.main(["--tiny", "--repeats", "1", "--devices", "cpu"])
+    out = capsys.readouterr().out
+    assert "OpenAI's code skipped" in out and "load average before" in out
+    assert [(r["work"], r["impl"], r["variant"]) for r in rows] == [
+        ("forward", "adm", "fp32"),
+        ("train", "adm", "fp32"),
+        ("guided", "adm", "fp32"),
+    ]
+    for r in rows:
+        assert r["ms"] > 0 and r["img_s"] > 0 and r["gflop_s"] > 0
+        assert r["x_openai"] is None and r["rel_err"] is None
+    table = [line for line in out.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + len(rows) and "| forward | cpu | adm | fp32 | 2 |" in table[2]
+
+
+def test_bench_rejects_a_path_without_guided_diffusion(bench, tmp_path):
+    with pytest.raises(SystemExit, match="guided_diffusion"):
+        bench.main(["--tiny", "--openai", str(tmp_path)])
+    with pytest.raises(SystemExit, match="unknown work"):
+        bench.main(["--tiny", "--works", "forward,nope"])

@@ -1,0 +1,245 @@
+"""SLURM without a cluster: a 2-node job simulated by two local processes with the environment srun gives
+each task, run through the real sbatch template (scripts/slurm/train.sbatch) with stand-ins for `srun`
+and `scontrol`; pre-emption, requeue and continuation; sampling under srun; the submitit launcher config."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from adm.recipes.sample import build_fabric
+
+REPO = Path(__file__).resolve().parents[1]
+JOB_ID = "4242"
+
+# srun as SLURM runs it: one task per node, each with its rank in the environment, the second started a
+# few seconds after the first (as on a busy cluster). Their pids go to $FAKE_SLURM/pids for the test.
+FAKE_SRUN = """#!/bin/bash
+pids=()
+for ((rank = 0; rank < SLURM_NTASKS; rank++)); do
+  log="$FAKE_SLURM/job${SLURM_RESTART_COUNT}_rank$rank.log"
+  SLURM_PROCID=$rank SLURM_LOCALID=0 SLURM_NODEID=$rank "$@" > "$log" 2>&1 &
+  pids+=($!)
+  echo $! >> "$FAKE_SLURM/pids"
+  sleep 3
+done
+status=0
+for pid in "${pids[@]}"; do wait $pid || status=$?; done
+exit $status
+"""
+# scontrol records what it was asked to do (Lightning's auto-requeue calls `scontrol requeue <job id>`).
+FAKE_SCONTROL = """#!/bin/bash
+echo "$@" >> "$FAKE_SLURM/scontrol"
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _executable(path: Path, text: str) -> None:
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+
+
+def _job_env(tmp_path: Path, restart: int) -> dict[str, str]:
+    """What sbatch gives the batch script of a 2-node job with one task per node."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_", "WANDB_"))}
+    env.update(
+        PATH=f"{tmp_path / 'bin'}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+        FAKE_SLURM=str(tmp_path / "slurm"),
+        ADM_ROOT=str(tmp_path),  # the run directories go under tmp_path/runs
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+        SLURM_JOB_ID=JOB_ID,
+        SLURM_JOB_NAME="adm-train",
+        SLURM_JOB_NUM_NODES="2",
+        SLURM_NNODES="2",
+        SLURM_NTASKS="2",
+        SLURM_NTASKS_PER_NODE="1",
+        SLURM_NODELIST="localhost",
+        SLURM_JOB_NODELIST="localhost",
+        SLURM_RESTART_COUNT=str(restart),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(_free_port()),
+    )
+    return env
+
+
+def _ckpt_step(path: Path) -> int:
+    return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+
+
+@pytest.mark.slow
+def test_two_node_job_is_preempted_requeued_and_continues(tmp_path: Path):
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "slurm").mkdir()
+    _executable(tmp_path / "bin" / "srun", FAKE_SRUN)
+    _executable(tmp_path / "bin" / "scontrol", FAKE_SCONTROL)
+    overrides = [
+        "experiment=smoke",
+        "data.image_size=8",
+        "model.channel_mult=[1,2]",
+        "batch_size=4",
+        "trainer.strategy=ddp",
+        "trainer.max_steps=100",
+        "callbacks.sample_grid=null",
+        "callbacks.model_checkpoint=null",
+    ]
+    sbatch = ["bash", str(REPO / "scripts" / "slurm" / "train.sbatch"), *overrides]
+
+    # Job 1: both tasks train in one run directory; SLURM's warning (SIGUSR1) reaches every task, Lightning
+    # writes hpc_ckpt_1.ckpt and asks for a requeue; then the job is ended (SIGTERM, as SLURM does).
+    job = subprocess.Popen(sbatch, cwd=REPO, env=_job_env(tmp_path, 0), stdout=subprocess.PIPE, text=True)
+    run_dir = tmp_path / "runs" / "smoke" / JOB_ID
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not last.is_file() and job.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    pids = [int(p) for p in (tmp_path / "slurm" / "pids").read_text().split()]
+    logs = "\n".join(p.read_text() for p in sorted((tmp_path / "slurm").glob("job0_*.log")))
+    assert last.is_file(), logs[-4000:]
+    for pid in pids:
+        os.kill(pid, signal.SIGUSR1)
+    hpc = run_dir / "hpc_ckpt_1.ckpt"
+    while not hpc.is_file() and job.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    try:  # Lightning ignores SIGTERM on SLURM; SLURM sends SIGKILL after its KillWait
+        job.wait(timeout=2)
+    except subprocess.TimeoutExpired:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        job.wait(timeout=30)
+    logs = "\n".join(p.read_text() for p in sorted((tmp_path / "slurm").glob("job0_*.log")))
+    assert hpc.is_file(), logs[-4000:]
+    reached = _ckpt_step(hpc)
+    assert 0 < reached < 100
+    assert (tmp_path / "slurm" / "scontrol").read_text().split() == ["requeue", JOB_ID]
+    # one run directory for both ranks (rank 1 started 3 s after rank 0)
+    assert [p.name for p in (tmp_path / "runs" / "smoke").iterdir()] == [JOB_ID]
+
+    # Job 2: the requeued job runs the same script again (same job id, SLURM_RESTART_COUNT=1) and
+    # continues from the newest checkpoint of the run directory to max_steps.
+    newest = max([hpc, last], key=lambda p: p.stat().st_mtime)
+    start = _ckpt_step(newest)
+    env = _job_env(tmp_path, 1)
+    job2 = subprocess.run(sbatch, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    logs2 = [(tmp_path / "slurm" / f"job1_rank{r}.log").read_text() for r in (0, 1)]
+    assert job2.returncode == 0, logs2[0][-4000:] + logs2[1][-2000:]
+    for log in logs2:
+        assert f"Starting training from {newest}" in log
+    assert _ckpt_step(last) == 100
+    assert start >= reached
+    # the requeued job logged only the steps from where it continued
+    with open(run_dir / "csv" / "version_1" / "metrics.csv") as f:
+        steps = [int(row["step"]) for row in csv.DictReader(f)]
+    assert min(steps) >= start - 1 and max(steps) == 99
+    assert [p.name for p in (tmp_path / "runs" / "smoke").iterdir()] == [JOB_ID]
+
+
+def _slurm_task_env(monkeypatch: pytest.MonkeyPatch, ntasks: int) -> None:
+    for key, value in {
+        "SLURM_JOB_ID": JOB_ID,
+        "SLURM_JOB_NAME": "adm-sample",
+        "SLURM_NTASKS": str(ntasks),
+        "SLURM_NTASKS_PER_NODE": "1",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "SLURM_NODELIST": "localhost",
+    }.items():
+        monkeypatch.setenv(key, value)
+
+
+def test_sampling_under_srun_joins_the_tasks_the_cluster_started(monkeypatch: pytest.MonkeyPatch):
+    settings = dict(accelerator="cpu", devices=1, num_nodes=2, strategy="auto", precision="32-true")
+    for key in [k for k in os.environ if k.startswith("SLURM_")]:
+        monkeypatch.delenv(key)
+    # started by hand: one spawned process per device
+    assert build_fabric(settings)._strategy.launcher.__class__.__name__ == "_MultiProcessingLauncher"
+    # under srun: DDP over the tasks SLURM started, nothing spawned
+    _slurm_task_env(monkeypatch, 2)
+    fabric = build_fabric(settings)
+    assert type(fabric._strategy).__name__ == "DDPStrategy"
+    env = fabric._strategy.cluster_environment
+    assert type(env).__name__ == "SLURMEnvironment" and env.creates_processes_externally
+    assert fabric.world_size == 2
+
+
+def _compose_train(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(REPO / "adm" / "conf"), version_base="1.3"):
+        return compose("train", overrides=overrides, return_hydra_config=True)
+
+
+def test_run_directory_of_a_slurm_job_is_its_job_id(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "777")
+    cfg = _compose_train([])
+    assert cfg.hydra.run.dir.endswith("/train/777")
+    monkeypatch.delenv("SLURM_JOB_ID")
+    cfg = _compose_train([])
+    assert not cfg.hydra.run.dir.endswith("/train/777")
+
+
+def test_submitit_launcher_takes_nodes_and_gpus_from_the_trainer():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    overrides = ["hydra/launcher=slurm", "model=adm_u_64", "trainer.devices=8", "trainer.num_nodes=4"]
+    cfg = _compose_train([*overrides, "ckpt_path=auto"])
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (4, 8, 8)
+    assert launcher.signal_delay_s == 90
+
+
+def test_submitit_jobs_hand_their_warning_signal_to_lightning(monkeypatch: pytest.MonkeyPatch):
+    from adm.recipes.runs import cluster_plugins
+
+    for key in [k for k in os.environ if k.startswith(("SLURM_", "SUBMITIT_"))]:
+        monkeypatch.delenv(key)
+    assert cluster_plugins() == []  # off SLURM
+    _slurm_task_env(monkeypatch, 2)
+    assert cluster_plugins() == []  # sbatch + srun: Lightning's own SIGUSR1 handling
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    previous = signal.signal(signal.SIGUSR2, lambda *a: None)  # submitit's handler
+    try:
+        (env,) = cluster_plugins()
+        assert env.auto_requeue and env.requeue_signal == signal.SIGUSR2
+        assert signal.getsignal(signal.SIGUSR2) == signal.SIG_DFL  # Lightning installs its own
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+
+
+def test_packaging_pins_what_the_code_needs():
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())
+    deps = {Requirement(d).name: Requirement(d) for d in meta["project"]["dependencies"]}
+    lightning = deps["pytorch-lightning"].specifier
+    assert "2.5.9" not in lightning and "2.7.0" not in lightning  # the minor version the code is built on
+    assert version("pytorch-lightning") in lightning
+    (setuptools,) = [Requirement(r) for r in meta["build-system"]["requires"] if r.startswith("setuptools")]
+    assert "76.9" not in setuptools.specifier and "77.0" in setuptools.specifier  # license = "MIT"
+    slurm = {Requirement(r).name for r in meta["project"]["optional-dependencies"]["slurm"]}
+    assert {"hydra-submitit-launcher", "submitit"} <= slurm
