@@ -21,7 +21,7 @@ help: ## list the targets
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet --upgrade pip "setuptools>=77" wheel
 	$(PIP) install --quiet $(TORCH_PINS)
 	$(PIP) install --quiet $(TORCH_PINS) -e '.[dev,inception]'
 	@touch $(STAMP)
