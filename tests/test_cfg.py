@@ -253,3 +253,19 @@ def test_pipeline_infer_with_cfg_and_the_new_samplers():
     assert int(random.max()) < NULL  # random labels never draw the null label
     with pytest.raises(ValueError, match="cfg_scale needs a model trained with label dropout"):
         ADM(unet, process()).infer(1, labels=[0], sampler="ddim", steps=2, cfg_scale=1.0)
+
+
+def test_training_callbacks_never_ask_for_the_null_label():
+    """A classifier-free model's grid / FID samples cycle through the data's classes, not its null label."""
+    from types import SimpleNamespace
+
+    from adm.callbacks.sample_grid import label_classes, sample_conditioning
+
+    net = SimpleNamespace(num_classes=11)
+    cfg_module = SimpleNamespace(null_label=10, conditions_on_images=False)
+    plain_module = SimpleNamespace(null_label=None, conditions_on_images=False)
+    labels, extra = sample_conditioning(None, cfg_module, net, 33, seed=0, labels=None, split="val")
+    assert extra == {} and labels.tolist() == [i % 10 for i in range(33)]
+    assert label_classes(cfg_module, net) == 10 and label_classes(plain_module, net) == 11
+    labels, _ = sample_conditioning(None, plain_module, net, 33, seed=0, labels=None, split="val")
+    assert labels.max().item() == 10

@@ -59,8 +59,16 @@ def sample_conditioning(
         return kwargs.pop("y", None), kwargs
     if net.num_classes is None:
         return None, {}
-    spec = list(labels) if labels else list(range(net.num_classes))
-    return torch.from_numpy(LabelPlan(spec, net.num_classes, seed)(range(count))), {}
+    classes = label_classes(pl_module, net)
+    spec = list(labels) if labels else list(range(classes))
+    return torch.from_numpy(LabelPlan(spec, classes, seed)(range(count))), {}
+
+
+def label_classes(pl_module: pl.LightningModule, net: torch.nn.Module) -> int | None:
+    """The classes samples may ask for: the network's, less the null label of a classifier-free model."""
+    if net.num_classes is None:
+        return None
+    return net.num_classes - (1 if getattr(pl_module, "null_label", None) is not None else 0)
 
 
 class SampleGrid(Callback):
@@ -150,7 +158,7 @@ class SampleGrid(Callback):
         images = to_uint8(self.sample(trainer, pl_module))
         # One row per class when the labels cycle through the classes (not for real images' labels).
         cycling = not getattr(pl_module, "conditions_on_images", False)
-        num_classes = self._network(trainer, pl_module).num_classes if cycling else None
+        num_classes = label_classes(pl_module, self._network(trainer, pl_module)) if cycling else None
         nrow = self._nrow(len(images), num_classes)
         if self.dirpath is not None:
             save_grid(images, self.dirpath / f"step_{step:07d}.png", nrow=nrow)
