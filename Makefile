@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip "setuptools>=77" wheel
 	$(PIP) install --quiet $(TORCH_PINS)
-	$(PIP) install --quiet $(TORCH_PINS) -e '.[dev,inception]'
+	$(PIP) install --quiet $(TORCH_PINS) -e '.[dev,inception,slurm]'
 	@touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install adm with its dev tools (idempotent; fast when done)

@@ -200,7 +200,8 @@ def test_run_directory_of_a_slurm_job_is_its_job_id(monkeypatch: pytest.MonkeyPa
 
 
 def test_submitit_launcher_takes_nodes_and_gpus_from_the_trainer():
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    # The `slurm` extra (make install adds it): a missing plugin must fail here, not skip.
+    import hydra_plugins.hydra_submitit_launcher  # noqa: F401
     overrides = ["hydra/launcher=slurm", "model=adm_u_64", "trainer.devices=8", "trainer.num_nodes=4"]
     cfg = _compose_train([*overrides, "ckpt_path=auto"])
     launcher = cfg.hydra.launcher
