@@ -69,6 +69,7 @@ __all__ = [
     "save_grid",
     "save_npz",
     "to_uint8",
+    "write_arrays",
     "write_pngs",
 ]
 
@@ -201,6 +202,12 @@ def save_npz(path: PathLike, images: ImageBatch, labels: np.ndarray | torch.Tens
         if arr_1.shape != (len(arr_0),):
             raise ValueError(f"labels must be ({len(arr_0)},), got {arr_1.shape}")
         arrays["arr_1"] = arr_1
+    return write_arrays(path, arrays)
+
+
+def write_arrays(path: PathLike, arrays: dict[str, np.ndarray]) -> Path:
+    """Write named arrays as an uncompressed ``.npz`` (``np.savez``), atomically; folders are created."""
+    path = Path(path)
     with atomic_write(path) as f:
         np.savez(f, **arrays)
     return path

@@ -9,7 +9,6 @@ resulting `FeatureSet` as `reference`.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -18,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adm.io.files import atomic_write_bytes, file_sha256
-from adm.io.samples import ImageBatch, NpzImages, ReferenceBatch, load_reference, open_samples
+from adm.io.files import file_sha256
+from adm.io.samples import ImageBatch, NpzImages, ReferenceBatch, load_reference, open_samples, write_arrays
 from adm.metrics.accuracy import class_accuracy
 from adm.metrics.extractor import FeatureExtractor
 from adm.metrics.fid import frechet_distance, gaussian_stats
@@ -264,10 +263,7 @@ def _write_feature_cache(path: Path, feats: FeatureSet) -> None:
     if feats.labels is not None:
         arrays["labels"] = feats.labels
     arrays["count"] = np.asarray(feats.count)
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, buffer.getvalue())
+    write_arrays(path, arrays)
 
 
 def _read_feature_cache(path: Path, extractor: str) -> FeatureSet:

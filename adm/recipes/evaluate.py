@@ -14,7 +14,6 @@ Inception features are cached by the batch's content hash, so a guidance sweep c
 
 from __future__ import annotations
 
-import io
 import logging
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from adm.data.folder import find_images, folder_content_hash, read_folder_images
-from adm.io.files import atomic_write_bytes, atomic_write_json
-from adm.io.samples import NpzImages, load_reference, open_samples
+from adm.io.files import atomic_write_json
+from adm.io.samples import NpzImages, load_reference, open_samples, write_arrays
 from adm.metrics import build_extractor, evaluate
 from adm.metrics.evaluate import check_same_images, extract_features
 from adm.metrics.fid import gaussian_stats
@@ -87,7 +86,7 @@ def reference_from_folder(
         "Reading %d images of %s at %d px (ADM preprocessing) -> %s", len(files), folder, image_size, path
     )
     images, labels, _ = read_folder_images(folder, image_size, channels=channels)
-    _write_npz(path, {"arr_0": images, **({"arr_1": labels} if labels is not None else {})})
+    write_arrays(path, {"arr_0": images, **({"arr_1": labels} if labels is not None else {})})
     return path
 
 
@@ -102,13 +101,6 @@ def resolve_reference(
     if h != w:
         raise ValueError(f"samples of {h}x{w} px: a reference folder is read as square images")
     return str(reference_from_folder(reference, h, c, cache_dir))
-
-
-def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 def make_reference(cfg: DictConfig) -> dict[str, Any]:
@@ -135,7 +127,7 @@ def make_reference(cfg: DictConfig) -> dict[str, Any]:
         )
         arrays["mu"], arrays["sigma"] = gaussian_stats(feats.features["pool"])
         arrays["mu_s"], arrays["sigma_s"] = gaussian_stats(feats.features["spatial"])
-    _write_npz(out, arrays)
+    write_arrays(out, arrays)
     classes = f"{len(names)} classes ({', '.join(names)})" if names else "no labels"
     stats = "with Inception statistics" if extractor is not None else "images only"
     log.info("Wrote %s: %d images %dx%dx%d, %s, %s", out, n, h, w, c, classes, stats)
