@@ -103,7 +103,7 @@ class DiffusionModule(TrainModule):
             y = model_kwargs["y"]
             dropped = torch.rand(y.shape, device=y.device) < self.label_dropout
             model_kwargs["y"] = torch.where(dropped, torch.full_like(y, self.null_label), y)
-        model_output = self.unet(x_t, self.diffusion.model_timesteps(t), **model_kwargs)
+        model_output = self(x_t, t, **model_kwargs)
         terms = self.diffusion.training_losses(model_output, x_0, x_t, t, eps)
 
         # The loss-aware sampler learns from every rank's losses, so all ranks keep the same history.

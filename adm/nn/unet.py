@@ -14,6 +14,7 @@ Attention sits at the levels whose pixel resolution ``image_size // ds`` is in `
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -386,45 +387,8 @@ class SuperResUNet(UNet):
     _concat_low_res = True
     _low_res_size: int | None = None  # also the value of adapters that bypass __init__ (adm.compat)
 
-    def __init__(
-        self,
-        *,
-        image_size: int,
-        in_channels: int,
-        model_channels: int,
-        num_res_blocks: int,
-        attention_resolutions: Sequence[int],
-        channel_mult: Sequence[float],
-        learn_sigma: bool,
-        num_classes: int | None,
-        low_res_size: int | None = None,
-        dropout: float = 0.0,
-        num_heads: int = 1,
-        num_head_channels: int = -1,
-        num_heads_upsample: int = -1,
-        use_scale_shift_norm: bool = True,
-        resblock_updown: bool = True,
-        use_new_attention_order: bool = False,
-        use_checkpoint: bool = False,
-    ) -> None:
-        super().__init__(
-            image_size=image_size,
-            in_channels=in_channels,
-            model_channels=model_channels,
-            num_res_blocks=num_res_blocks,
-            attention_resolutions=attention_resolutions,
-            channel_mult=channel_mult,
-            learn_sigma=learn_sigma,
-            num_classes=num_classes,
-            dropout=dropout,
-            num_heads=num_heads,
-            num_head_channels=num_head_channels,
-            num_heads_upsample=num_heads_upsample,
-            use_scale_shift_norm=use_scale_shift_norm,
-            resblock_updown=resblock_updown,
-            use_new_attention_order=use_new_attention_order,
-            use_checkpoint=use_checkpoint,
-        )
+    def __init__(self, *, low_res_size: int | None = None, **unet_kwargs: Any) -> None:
+        super().__init__(**unet_kwargs)
         self.low_res_size = low_res_size
 
     @property
