@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -72,8 +74,16 @@ def test_bad_labels_scales_and_misuse_are_refused():
     net = RecordingNet()
     x, t = torch.randn(2, 1, 4, 4), torch.tensor([1, 2])
     guidance = ClassifierFreeGuidance(1.0, NULL)
-    with pytest.raises(ValueError, match="null label"):
-        guidance.wrap(net)(x, t, y=torch.tensor([0, NULL]))
+    # Labels are checked once per draw, where they are chosen (not in every sampler step).
+    wrapped = guidance.wrap_network(net)
+    ddim = functools.partial(SAMPLERS["ddim"], steps=2)
+    for bad in ([0, NULL], [-1, 0], [0, NULL + 1]):
+        with pytest.raises(ValueError, match="null label"):
+            draw_images(wrapped, process(), ddim, [1, 2], labels=bad)
+        with pytest.raises(ValueError, match="null label"):
+            guidance.check_labels(torch.tensor(bad))
+    assert net.calls == []  # refused before any network call
+    guidance.check_labels(torch.tensor([0, NULL - 1]))
     with pytest.raises(ValueError, match="scale"):
         ClassifierFreeGuidance(-1.0, NULL)
     with pytest.raises(ValueError, match="wraps the model"):
@@ -82,6 +92,65 @@ def test_bad_labels_scales_and_misuse_are_refused():
         ClassifierFreeGuidance(1.0, 1).wrap_network(net)
     with pytest.raises(ValueError, match="label_dropout"):
         null_label_of(None)
+
+
+# Every way of reading a tensor's values on the host (each waits for the device to finish).
+HOST_READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "any", "all", "cpu", "numpy")
+
+
+class HostSync(AssertionError):
+    pass
+
+
+@pytest.fixture
+def no_host_sync(monkeypatch):
+    """Make every host read of a tensor (HOST_READS) raise, and record the ones that were tried."""
+    tried: list[str] = []
+
+    def forbid(name):
+        def raise_(*args, **kwargs):
+            tried.append(name)
+            raise HostSync(f"host sync: Tensor.{name}")
+
+        return raise_
+
+    for name in HOST_READS:
+        monkeypatch.setattr(torch.Tensor, name, forbid(name))
+    return tried
+
+
+@pytest.mark.parametrize("scale", [0.0, 2.0])
+def test_the_per_step_guided_call_never_syncs_with_the_host(scale, no_host_sync):
+    net = RecordingNet(learn_sigma=True)
+    guided = ClassifierFreeGuidance(scale, NULL).wrap(net)
+    x, t, y = torch.randn(3, 1, 4, 4), torch.tensor([10, 500, 999]), torch.tensor([0, 2, 1])
+    for _ in range(3):
+        out = guided(x, t, y=y)
+        guided(x, t)  # no labels: the null label
+    assert out.shape == (3, 2, 4, 4) and no_host_sync == []
+    # even labels that the draw would refuse pass through untouched: the per-step path does not look
+    guided(x, t, y=torch.tensor([0, NULL, -1]))
+    assert no_host_sync == []
+
+
+def test_a_sampler_loop_with_guidance_does_no_label_sync(monkeypatch):
+    """A whole DDIM loop over the guided model: Tensor.any / .item are never called (the sampler's own steps
+    included), so the old per-step label check (two .any() calls per step) is gone."""
+    calls = {"any": 0, "item": 0}
+    for name in calls:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _name=name, _original=original, **kwargs):
+            calls[_name] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    net = RecordingNet()
+    y = torch.tensor([0, 2])
+    x_T = PerSampleNoise([1, 2]).initial((1, 4, 4))
+    model_fn = ClassifierFreeGuidance(3.0, NULL).wrap(net)
+    SAMPLERS["ddim"](model_fn, process(), x_T, model_kwargs={"y": y}, noise=PerSampleNoise([3, 4]), steps=5)
+    assert len(net.calls) == 5 and calls == {"any": 0, "item": 0}
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))

@@ -18,7 +18,8 @@ whose network conditions on images (an upsampler: ``pl_module.conditions_on_imag
 with their labels. With several processes each rank draws a contiguous share of the
 samples, the features are gathered, rank 0 scores them and broadcasts the numbers, which every rank logs as
 ``sample/fid``, ``sample/precision``, ... . Nothing touches the global random streams (training stays
-bit-reproducible).
+bit-reproducible). Rank 0 shows a transient progress bar over its samples while it draws (when the trainer
+shows progress) and logs one line with the scores and where they were written.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 
+from adm.callbacks.progress import sampling_tqdm
 from adm.callbacks.sample_grid import label_classes, sample_conditioning, sampling_network
 from adm.metrics import FeatureExtractor, FeatureSet, compute_metrics, extract_features, reference_features
 from adm.metrics.evaluate import METRIC_KINDS, resolve_metrics
@@ -101,6 +104,7 @@ class FIDCallback(Callback):
         self._conditioning: tuple[torch.Tensor | None, dict[str, torch.Tensor]] | None = None
         self._last_step = -1
         self.last_scores: dict[str, float] = {}
+        self.last_seconds = 0.0
 
     # --- pieces -------------------------------------------------------------------------------------------
     def _network(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.nn.Module:
@@ -173,24 +177,26 @@ class FIDCallback(Callback):
         all_labels, all_conditioning = self.conditioning(trainer, pl_module, net)
         parts: dict[str, list[torch.Tensor]] = {k: [] for k in kinds}
         label_parts = []
-        for first in range(indices.start, indices.stop, self.batch_size):
-            rows = slice(first, min(first + self.batch_size, indices.stop))
-            labels = None if all_labels is None else all_labels[rows]
-            x_0 = draw_images(
-                net,
-                pl_module.diffusion,
-                self.sampler,
-                [sample_seed(self.seed, i) for i in range(rows.start, rows.stop)],
-                labels=labels,
-                conditioning={name: value[rows] for name, value in all_conditioning.items()},
-                device=device,
-                autocast=trainer.precision_plugin.forward_context,
-            )
-            feats = self.extractor.features(x_0)
-            for k in kinds:
-                parts[k].append(feats[k].to(device))
-            if labels is not None and net.num_classes is not None:
-                label_parts.append(labels.to(device))
+        with sampling_tqdm(trainer, total=len(indices), desc="FID samples", unit="img") as bar:
+            for first in range(indices.start, indices.stop, self.batch_size):
+                rows = slice(first, min(first + self.batch_size, indices.stop))
+                labels = None if all_labels is None else all_labels[rows]
+                x_0 = draw_images(
+                    net,
+                    pl_module.diffusion,
+                    self.sampler,
+                    [sample_seed(self.seed, i) for i in range(rows.start, rows.stop)],
+                    labels=labels,
+                    conditioning={name: value[rows] for name, value in all_conditioning.items()},
+                    device=device,
+                    autocast=trainer.precision_plugin.forward_context,
+                )
+                feats = self.extractor.features(x_0)
+                for k in kinds:
+                    parts[k].append(feats[k].to(device))
+                if labels is not None and net.num_classes is not None:
+                    label_parts.append(labels.to(device))
+                bar.update(rows.stop - rows.start)
         out = {k: torch.cat(v) if v else torch.zeros(0, device=device) for k, v in parts.items()}
         labels = torch.cat(label_parts) if label_parts else None
         return out, labels
@@ -236,17 +242,18 @@ class FIDCallback(Callback):
             }
         scores = trainer.strategy.broadcast(scores, src=0)
         self.last_scores = scores
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
-        log.info("step %d: %s (%.1f s)", trainer.global_step, shown, time.perf_counter() - start)
+        self.last_seconds = time.perf_counter() - start
         return scores
 
     # --- hooks --------------------------------------------------------------------------------------------
     def _publish(self, trainer: pl.Trainer, scores: dict[str, float]) -> None:
-        """Scores to every logger (rank 0) at the current step and to callback_metrics (for monitoring)."""
+        """Scores to every logger (rank 0) at the current step and to callback_metrics (for monitoring);
+        rank 0 logs one line with the scores and where they went."""
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in scores.items()})
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics(scores, step=trainer.global_step)
+            log.info(scores_line(trainer.global_step, scores, trainer.loggers, self.last_seconds))
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -261,3 +268,28 @@ class FIDCallback(Callback):
             if trainer.is_global_zero:
                 for logger in trainer.loggers:
                     logger.save()
+
+
+def logger_destination(logger: Logger) -> str:
+    """Where a logger writes its metrics, in words: the CSV file, the TensorBoard folder, the W&B run."""
+    if isinstance(logger, CSVLogger):
+        return str(Path(logger.log_dir) / "metrics.csv")
+    if isinstance(logger, TensorBoardLogger):
+        return f"TensorBoard ({logger.log_dir})"
+    if isinstance(logger, WandbLogger):
+        return f"W&B run {logger.name}/{logger.version}"
+    return type(logger).__name__
+
+
+def scores_line(step: int, scores: dict[str, float], loggers: Sequence[Logger], seconds: float) -> str:
+    """The log line: ``FID at step 600: 12.3 (sample/fid); sample/precision 0.61, ...; logged to WHERE``."""
+    rest = {k: v for k, v in scores.items() if k != "sample/fid"}
+    if "sample/fid" in scores:
+        head = f"FID at step {step}: {scores['sample/fid']:.4g} (sample/fid)"
+    else:
+        head = f"Sample metrics at step {step}"
+    if rest:
+        head += "; " if "sample/fid" in scores else ": "
+        head += ", ".join(f"{k} {v:.4g}" for k, v in rest.items())
+    where = ", ".join(logger_destination(lg) for lg in loggers) or "no logger (trainer.callback_metrics only)"
+    return f"{head}; logged to {where} ({seconds:.1f} s)"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +16,13 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 
 from adm.callbacks.ema import EMA
-from adm.io.samples import from_uint8, grid_image, save_grid, to_uint8
+from adm.callbacks.progress import sampling_tqdm
+from adm.io.samples import from_uint8, grid_image, label_captions, save_grid, to_uint8
 from adm.sampling import LabelPlan, draw_images, sample_seed
 
-__all__ = ["SampleGrid", "sampling_network", "sample_conditioning"]
+__all__ = ["SampleGrid", "class_names", "sampling_network", "sample_conditioning"]
+
+log = logging.getLogger(__name__)
 
 
 def sampling_network(trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.nn.Module:
@@ -71,6 +77,45 @@ def label_classes(pl_module: pl.LightningModule, net: torch.nn.Module) -> int | 
     return net.num_classes - (1 if getattr(pl_module, "null_label", None) is not None else 0)
 
 
+def class_names(trainer: pl.Trainer | None, pl_module: pl.LightningModule) -> list[str] | None:
+    """The data's class names (index order): the datamodule's ``class_names``, else the module's checkpoint
+    config (``adm_config["data"]["class_names"]``); None when neither knows them."""
+    names = getattr(getattr(trainer, "datamodule", None), "class_names", None)
+    if names is None:
+        config = getattr(pl_module, "adm_config", None) or {}
+        names = (config.get("data") or {}).get("class_names")
+    return None if names is None else [str(n) for n in names]
+
+
+def sampler_steps(sampler: Callable[..., Any], num_timesteps: int) -> int | None:
+    """Network calls a sampler with bound options makes per batch, when its ``steps`` option tells (an int,
+    per-section counts, or none: every step of the process); None when it cannot be told."""
+    if not isinstance(sampler, functools.partial):
+        return None
+    steps = sampler.keywords.get("steps")
+    if steps is None:
+        return int(num_timesteps)
+    if isinstance(steps, int):
+        return steps
+    if isinstance(steps, Sequence) and all(isinstance(v, int) for v in steps):
+        return sum(steps)
+    return None
+
+
+@contextlib.contextmanager
+def counting_calls(net: torch.nn.Module, bar: Any) -> Iterator[None]:
+    """Advance `bar` by one on every forward call of `net` (one sampler step of a batch) while inside."""
+
+    def step_done(*_: Any) -> None:  # a forward hook's return value would replace the output: none here
+        bar.update(1)
+
+    handle = net.register_forward_hook(step_done)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 class SampleGrid(Callback):
     """Every `every_n_steps` optimizer steps (and at the end of training) draw `num_samples` images.
 
@@ -81,7 +126,12 @@ class SampleGrid(Callback):
     `num_samples` real images of the datamodule's `split` instead (:func:`sample_conditioning`). The network
     is the EMA one of the :class:`~adm.callbacks.ema.EMA` callback when present (its first rate), else the
     raw one; the process is the module's ``diffusion``. The grid is written to ``dirpath/step_XXXXXXX.png``
-    and logged to every logger that takes images (TensorBoard, W&B). Only global rank 0 samples.
+    and logged to every logger that takes images (TensorBoard, W&B); one log line tells where. Only global
+    rank 0 samples, with a transient progress bar over the sampler's steps when the trainer shows progress.
+
+    Grids of labelled samples carry captions: each image's class name (the datamodule's ``class_names``, or
+    the checkpoint config's), or its label index when the data has no names. They are drawn under the
+    images (``captions=False``: not drawn) and, on W&B, also given as the image's caption (row by row).
 
     Args:
         every_n_steps: sampling period in optimizer steps (0: only at the end of training).
@@ -95,6 +145,7 @@ class SampleGrid(Callback):
         dirpath: folder for the PNG files (None: none written).
         split: datamodule split of the real images an upsampler's grid is conditioned on ("train", "val",
             "all").
+        captions: draw each image's class name (or label) under it; no effect for unconditional models.
     """
 
     def __init__(
@@ -108,6 +159,7 @@ class SampleGrid(Callback):
         nrow: int | None,
         dirpath: str | None,
         split: str,
+        captions: bool = True,
     ):
         if every_n_steps < 0 or num_samples < 1:
             raise ValueError(
@@ -121,7 +173,9 @@ class SampleGrid(Callback):
         self.nrow = nrow
         self.dirpath = None if dirpath is None else Path(dirpath)
         self.split = str(split)
+        self.captions = bool(captions)
         self._last_step = -1
+        self.last_path: Path | None = None
 
     def _network(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.nn.Module:
         return sampling_network(trainer, pl_module)
@@ -129,20 +183,31 @@ class SampleGrid(Callback):
     @torch.no_grad()
     def sample(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor:
         """The grid's images x_0: float (num_samples, C, H, W) in [-1, 1]."""
+        return self.draw(trainer, pl_module)[0]
+
+    @torch.no_grad()
+    def draw(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The grid's images x_0 (float (num_samples, C, H, W) in [-1, 1]) and their labels (or None)."""
         net = self._network(trainer, pl_module)
         labels, conditioning = sample_conditioning(
             trainer, pl_module, net, self.num_samples, seed=self.seed, labels=self.labels, split=self.split
         )
-        return draw_images(
-            net,
-            pl_module.diffusion,
-            self.sampler,
-            [sample_seed(self.seed, i) for i in range(self.num_samples)],
-            labels=labels,
-            conditioning=conditioning,
-            device=pl_module.device,
-            autocast=trainer.precision_plugin.forward_context,
-        )
+        steps = sampler_steps(self.sampler, pl_module.diffusion.num_timesteps)
+        bar = sampling_tqdm(trainer, total=steps, desc="Sample grid", unit="step")
+        with bar, counting_calls(net, bar):
+            x_0 = draw_images(
+                net,
+                pl_module.diffusion,
+                self.sampler,
+                [sample_seed(self.seed, i) for i in range(self.num_samples)],
+                labels=labels,
+                conditioning=conditioning,
+                device=pl_module.device,
+                autocast=trainer.precision_plugin.forward_context,
+            )
+        return x_0, labels
 
     def _nrow(self, count: int, num_classes: int | None) -> int:
         if self.nrow is not None:
@@ -154,20 +219,31 @@ class SampleGrid(Callback):
         self._last_step = step
         if not trainer.is_global_zero:
             return
+        x_0, labels = self.draw(trainer, pl_module)
         # Quantised as sample files are, so the grid shows exactly the images scripts/sample.py writes.
-        images = to_uint8(self.sample(trainer, pl_module))
+        images = to_uint8(x_0)
         # One row per class when the labels cycle through the classes (not for real images' labels).
         cycling = not getattr(pl_module, "conditions_on_images", False)
         num_classes = label_classes(pl_module, self._network(trainer, pl_module)) if cycling else None
         nrow = self._nrow(len(images), num_classes)
+        names = None if labels is None else label_captions(labels, class_names(trainer, pl_module))
+        drawn = names if self.captions else None
+        written = []
         if self.dirpath is not None:
-            save_grid(images, self.dirpath / f"step_{step:07d}.png", nrow=nrow)
-        grid = grid_image(images, nrow=nrow)  # (H, W, C) uint8
+            path = save_grid(images, self.dirpath / f"step_{step:07d}.png", nrow=nrow, captions=drawn)
+            self.last_path = path
+            written.append(str(path))
+        grid = grid_image(images, nrow=nrow, captions=drawn)  # (H, W, C) uint8
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image("samples", grid, global_step=step, dataformats="HWC")
+                written.append(f"TensorBoard ({logger.log_dir})")
             elif isinstance(logger, WandbLogger):
-                logger.log_image(key="samples", images=[grid], step=step)
+                extra = {} if names is None else {"caption": [rows_caption(names, min(nrow, len(names)))]}
+                logger.log_image(key="samples", images=[grid], step=step, **extra)
+                written.append("W&B (samples)")
+        where = ", ".join(written) if written else "not written (dirpath is null and no logger takes images)"
+        log.info("Sample grid (step %d): %s", step, where)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -179,3 +255,10 @@ class SampleGrid(Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.global_step != self._last_step:
             self.log_grid(trainer, pl_module)
+
+
+def rows_caption(names: Sequence[str], nrow: int) -> str:
+    """The captions of a grid as text, one line per grid row: ``"row 1: 0, 1, 2\nrow 2: ..."``."""
+    nrow = max(1, int(nrow))
+    rows = [names[i : i + nrow] for i in range(0, len(names), nrow)]
+    return "\n".join(f"row {r + 1}: {', '.join(row)}" for r, row in enumerate(rows))

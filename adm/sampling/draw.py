@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from adm.sampling.cfg import ClassifierFreeNetwork
 from adm.sampling.guidance import Guidance
 from adm.sampling.noise import PerSampleNoise
 
@@ -96,6 +97,20 @@ def _as_labels(labels: Any, count: int) -> torch.Tensor:
     return y.long()
 
 
+def check_labels(net: nn.Module, y: torch.Tensor) -> None:
+    """Refuse labels a class-conditional network has no class for, once per draw (so that no sampler step
+    has to look at label values on the device): a classifier-free network's null label and anything outside
+    its data classes, else anything outside 0..num_classes - 1."""
+    if isinstance(net, ClassifierFreeNetwork):
+        net.guidance.check_labels(y)
+        return
+    num_classes = int(net.num_classes)
+    outside = (y < 0) | (y >= num_classes)
+    if bool(outside.any()):
+        bad = sorted({int(v) for v in y[outside].tolist()})
+        raise ValueError(f"labels {bad} are outside the network's classes 0..{num_classes - 1}")
+
+
 @torch.no_grad()
 def draw_images(
     net: nn.Module,
@@ -125,8 +140,9 @@ def draw_images(
             (e.g. ``functools.partial(ddim_sample, steps=25)``).
         seeds: one noise seed per image, (N,) (e.g. ``[sample_seed(seed, i) for i in indices]``).
         labels: (N,) int class labels, or None. They reach the network only when it is class-conditional
-            (``net.num_classes is not None``) and always reach the guidance (an unconditional network guided
-            by a classifier still has labels).
+            (``net.num_classes is not None``; then they must be its classes, and a classifier-free network's
+            null label is refused) and always reach the guidance (an unconditional network guided by a
+            classifier still has labels).
         conditioning: further per-image inputs of the network, each (N, ...), e.g.
             ``{"low_res": (N, C, h, w) in [-1, 1]}`` for an upsampler. Labels go through `labels`.
         guidance: e.g. ``ClassifierGuidance(classifier, scale)``, or None.
@@ -160,6 +176,8 @@ def draw_images(
     conditional = getattr(net, "num_classes", None) is not None
     if conditional and y is None:
         raise ValueError("the network is class-conditional: give one label per seed (labels=...)")
+    if conditional:
+        check_labels(net, y)
     shape = (net.in_channels, net.image_size, net.image_size)
     autocast = autocast or contextlib.nullcontext
 
