@@ -6,6 +6,7 @@ python scripts/evaluate.py samples=samples.npz reference=path/to/my/images      
 python scripts/evaluate.py samples=DIR_OF_SHARDS reference=ref.npz feature_extractor=domain domain_ckpt=d.pt
 python scripts/evaluate.py samples=s.npz reference=ref.npz metrics=[fid,precision,recall] out=metrics.json
 python scripts/make_reference.py folder=path/to/my/images image_size=64       # ref .npz with statistics
+python scripts/evaluate.py samples=s.npz reference=ref.npz logger=wandb        # + an (offline) W&B run
 
 A folder of images as reference is read with ADM's preprocessing at the samples' size and channels (labels
 from class folders); the resulting batch is cached by the folder's content hash, and the reference's
@@ -30,6 +31,7 @@ from adm.metrics.evaluate import check_same_images, extract_features
 from adm.metrics.fid import gaussian_stats
 from adm.metrics.inception import default_cache_dir
 from adm.metrics.names import METRIC_LABELS
+from adm.tracking import log_evaluation, open_run, require_wandb, wandb_config
 
 __all__ = [
     "evaluate_samples",
@@ -157,6 +159,11 @@ def skipped_metrics(extractor: Any, asked: Any) -> dict[str, str]:
 
 
 def evaluate_samples(cfg: DictConfig) -> dict[str, Any]:
+    """Score ``cfg.samples`` against ``cfg.reference`` -> metrics.json, a printed table and, with
+    ``logger=wandb``, a W&B run (``job_type="evaluate"``) with the scores and what was scored."""
+    wandb = wandb_config(cfg)
+    if wandb is not None:
+        require_wandb()  # logger=wandb without the package: one clear error before anything is read
     # Check the files first: a malformed shard or reference fails before any network is loaded.
     samples = OmegaConf.to_container(cfg.samples) if OmegaConf.is_list(cfg.samples) else cfg.samples
     sample_source: NpzImages = open_samples(samples)
@@ -204,4 +211,13 @@ def evaluate_samples(cfg: DictConfig) -> dict[str, Any]:
     atomic_write_json(path, record)
     print_table(results, f"Metrics ({cfg.feature_extractor} features)", notes)
     log.info("Wrote %s", path)
+    if wandb is not None:
+        settings = {
+            **{k: v for k, v in record.items() if k not in results and k != "skipped"},
+            "metrics": OmegaConf.to_container(cfg.metrics) if cfg.metrics is not None else None,
+            "num_samples": cfg.num_samples,
+            "metrics_json": str(path),
+        }
+        with open_run(wandb, cfg.paths.output_dir, job_type="evaluate", config=settings) as run:
+            log_evaluation(run, results)
     return results

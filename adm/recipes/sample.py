@@ -6,10 +6,13 @@
         classifier_ckpt=64x64_classifier.pt classifier=adm_cls_64 guidance.scale=1.0 trainer.devices=8
     python scripts/sample.py openai_ckpt=x.pt 'flags="--attention_resolutions 32,16,8 --class_cond True ..."'
     python scripts/sample.py -m guidance.scale=0,1,4 ckpt=... classifier_ckpt=...   # + summary.csv / .png
+    python scripts/sample.py ckpt=... logger=wandb tags=[adm64,baseline]   # + an (offline) W&B run
 
 Every process builds the networks, takes its shards (shard k goes to rank k % world_size), and writes them as
 it goes; rank 0 then merges them into ``samples_NxHxWxC.npz``, draws ``grid.png`` and scores the set when
-``evaluate.reference`` or ``evaluate.domain_ckpt`` is given (``metrics.json``).
+``evaluate.reference`` or ``evaluate.domain_ckpt`` is given (``metrics.json``). With ``logger=wandb`` the
+scores, the settings, a table of the first ``table_rows`` samples and the grid go to a W&B run of the run
+directory (:mod:`adm.tracking`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
 
+from adm import tracking
 from adm.diffusion import check_classifier_fits
 from adm.io.checkpoint import CONFIG_KEY, load_checkpoint
 from adm.io.files import atomic_write_json, file_sha256
@@ -561,6 +565,8 @@ def run_rank(fabric: Fabric, cfg: dict[str, Any]) -> dict[str, Any] | None:
         "generated_shards": counts["generated"],
         "skipped_shards": counts["skipped"],
     }
+    if "seconds_per_image" in counts:
+        result["seconds_per_image"] = counts["seconds_per_image"]
     metrics = score(cfg, store, fabric.device, seconds_per_image=counts.get("seconds_per_image"))
     if metrics is not None:
         result["metrics"] = metrics
@@ -637,9 +643,35 @@ def score(
     return record
 
 
+def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a sample job as a W&B run's config (flat, to filter and group runs by)."""
+    sampler = cfg["sampler"] or {}
+    return {
+        "sampler": _sampler_name(sampler),
+        "steps": sampler.get("steps"),
+        "eta": sampler.get("eta"),
+        "guidance": guidance_name(cfg["guidance"]),
+        "guidance_scale": float((cfg["guidance"] or {}).get("scale", 0.0)),
+        "num_samples": cfg["num_samples"],
+        "seed": cfg["seed"],
+        "labels": cfg["labels"],
+        "batch_size": cfg["batch_size"],
+        "precision": str(cfg["trainer"]["precision"]),
+        "ckpt": cfg["ckpt"] if cfg["ckpt"] is not None else cfg["openai_ckpt"],
+        "use_ema": cfg["use_ema"],
+        "classifier_ckpt": cfg["classifier_ckpt"],
+        "reference": cfg["evaluate"]["reference"],
+        "domain_ckpt": cfg["evaluate"]["domain_ckpt"],
+        "out_dir": cfg["out_dir"],
+    }
+
+
 def sample(cfg: DictConfig) -> dict[str, Any]:
     """Resolve the config, start the processes, sample; returns rank 0's summary (paths, counts, metrics)."""
     plain = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+    wandb = tracking.wandb_config(plain)
+    if wandb is not None:
+        tracking.require_wandb()  # logger=wandb without the package: one clear error before anything is drawn
     files = {
         "ckpt": plain["ckpt"],
         "openai_ckpt": plain["openai_ckpt"],
@@ -658,4 +690,9 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         fabric.world_size,
         plain["trainer"]["precision"],
     )
-    return fabric.launch(run_rank, plain)
+    if wandb is None or fabric.global_rank != 0:
+        return fabric.launch(run_rank, plain)
+    with tracking.open_run(wandb, plain["out_dir"], job_type="sample", config=run_config(plain)) as run:
+        result = fabric.launch(run_rank, plain)
+        tracking.log_sample_job(run, result, grid_size=plain["grid_size"], table_rows=plain["table_rows"])
+    return result

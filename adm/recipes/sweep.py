@@ -8,7 +8,10 @@ in ``conf/sample.yaml``) collects them:
 - ``summary.csv``: job, overrides, guidance (classifier / cfg), guidance_scale, sampler, steps, num_samples,
   fid, sfid, is, precision, recall, accuracy, seconds_per_image (empty where a run was not scored);
 - ``summary.png``: each score against the guidance scale (one line per combination of the other swept
-  settings), plus precision against recall: the paper's fidelity / diversity trade-off.
+  settings), plus precision against recall: the paper's fidelity / diversity trade-off;
+- with ``logger=wandb``: the jobs' W&B runs share one group (the sweep folder's name) and one more run of
+  that group (``job_type="sweep-summary"``) holds the table, ``summary.png`` and FID against the guidance
+  scale (:func:`adm.tracking.log_sweep_summary`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ __all__ = [
     "collect_runs",
     "format_summary",
     "plot_summary",
+    "row_series",
     "write_summary",
 ]
 
@@ -113,13 +117,63 @@ def write_summary(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     return path
 
 
+# Overrides that the sampler / guidance parts of a row's label already show.
+_SHOWN_OVERRIDES = frozenset({"guidance.scale", "sampler", "sampler.steps", "guidance"})
+
+
+def _parsed_overrides(row: dict[str, Any]) -> dict[str, str]:
+    pairs = (o.split("=", 1) for o in str(row.get("overrides") or "").split() if "=" in o)
+    return {k.lstrip("+"): v for k, v in pairs}
+
+
+def row_series(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """What tells the jobs apart besides the guidance scale: (the words naming it, one label per row).
+
+    Each part only where it differs between the jobs: the sampler and its steps ("ddim-25"), the guidance
+    kind ("classifier", "cfg"), any other swept override ("seed=1"). A row's label is "" when nothing but
+    the scale differs, and for rows that carry their own "label" (e.g. "real digits").
+    """
+    jobs = [i for i, r in enumerate(rows) if not r.get("label")]
+    parsed = [_parsed_overrides(r) for r in rows]
+
+    def differs(value: Any) -> bool:
+        return len({value(i) for i in jobs}) > 1
+
+    sampler = differs(lambda i: (rows[i].get("sampler"), rows[i].get("steps")))
+    guidance = differs(lambda i: rows[i].get("guidance"))
+    keys = sorted({k for i in jobs for k in parsed[i]} - _SHOWN_OVERRIDES)
+    others = [k for k in keys if differs(lambda i, k=k: parsed[i].get(k))]
+    words = [w for w, shown in (("sampler", sampler), ("guidance", guidance), ("settings", others)) if shown]
+    labels = []
+    for i, row in enumerate(rows):
+        parts = []
+        if row.get("label"):
+            labels.append("")
+            continue
+        if sampler:
+            steps = row.get("steps")
+            parts.append(f"{row.get('sampler')}" + ("" if steps is None else f"-{steps}"))
+        if guidance:
+            parts.append(str(row.get("guidance") or "none"))
+        parts += [f"{k}={parsed[i][k]}" for k in others if k in parsed[i]]
+        labels.append(" ".join(parts))
+    return words, labels
+
+
 def format_summary(rows: Sequence[dict[str, Any]]) -> str:
-    """The rows as a plain-text table: guidance scale, then every score that some row has ('-' where a row
-    has none). A row's "label" (e.g. "real digits") stands in the first column instead of its scale."""
+    """The rows as a plain-text table: the guidance scale, then every score that some row has ('-' where a
+    row has none). When the jobs differ in more than the scale (sampler, steps, guidance kind, another
+    swept setting), the first column names every setting that differs, e.g. "ddim-25 classifier 2". A
+    row's "label" (e.g. "real digits") stands in the first column instead."""
     present = [m for m in METRIC_COLUMNS if any(r.get(m) is not None for r in rows)]
-    first = [str(r["label"]) if r.get("label") else f"{float(r['guidance_scale']):g}" for r in rows]
-    width = max([len("guidance scale"), *map(len, first)])
-    lines = [f"{'guidance scale':>{width}}" + "".join(f" {m:>10}" for m in present)]
+    words, series = row_series(rows)
+    first = [
+        str(r["label"]) if r.get("label") else f"{label} {float(r['guidance_scale']):g}".strip()
+        for r, label in zip(rows, series)
+    ]
+    title = " ".join([*words, "scale"]) if words else "guidance scale"
+    width = max([len(title), *map(len, first)])
+    lines = [f"{title:>{width}}" + "".join(f" {m:>10}" for m in present)]
     lines.append("-" * len(lines[0]))
     for row, name in zip(rows, first):
         cells = []
@@ -132,11 +186,8 @@ def format_summary(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _series_labels(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """Per row: the overrides other than the guidance scale whose values differ between runs ("" if none)."""
-    parsed = [dict(o.split("=", 1) for o in row["overrides"].split() if "=" in o) for row in rows]
-    keys = sorted({k for p in parsed for k in p} - {"guidance.scale"})
-    varying = [k for k in keys if len({p.get(k) for p in parsed}) > 1]
-    return [" ".join(f"{k}={p[k]}" for k in varying if k in p) for p in parsed]
+    """Per row: the settings other than the guidance scale whose values differ between runs ("" if none)."""
+    return row_series(rows)[1]
 
 
 def _plot_grids(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
@@ -210,7 +261,8 @@ def plot_summary(rows: Sequence[dict[str, Any]], path: str | Path) -> Path | Non
 
 
 class SweepSummary(Callback):
-    """Hydra callback: after a multirun, write summary.csv and summary.png into the sweep folder.
+    """Hydra callback: after a multirun, write summary.csv and summary.png into the sweep folder, and with
+    ``logger=wandb`` log them into a W&B run of the sweep's group.
 
     Args:
         filename: stem of the two files.
@@ -231,3 +283,9 @@ class SweepSummary(Callback):
         csv_path = write_summary(rows, sweep_dir / f"{self.filename}.csv")
         png_path = plot_summary(rows, sweep_dir / f"{self.filename}.png")
         log.info("sweep summary: %s%s", csv_path, f", {png_path}" if png_path else " (no scores to plot)")
+        from adm.tracking import log_sweep_summary, wandb_config
+
+        wandb = wandb_config(config, skip=("save_dir",))  # the summary run lives in the sweep folder
+        if wandb is not None:
+            run_id = log_sweep_summary(wandb, rows, _series_labels(rows), sweep_dir, png_path)
+            log.info("sweep summary: W&B run %s (job_type sweep-summary) in %s", run_id, sweep_dir / "wandb")

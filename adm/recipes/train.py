@@ -39,6 +39,7 @@ from adm.recipes.runs import (
     trainer_kwargs,
     wandb_run_id,
 )
+from adm.tracking import define_training_metrics
 
 log = logging.getLogger("train")
 
@@ -65,6 +66,7 @@ def build_trainer_and_data(cfg: DictConfig) -> tuple[pl.Trainer, pl.LightningDat
         plugins = [*instantiate(cfg.trainer.get("plugins") or []), *plugins]
     extra = {"plugins": plugins} if plugins else {}
     trainer = instantiate(trainer_kwargs(cfg.trainer), callbacks=callbacks, logger=loggers or False, **extra)
+    define_training_metrics(trainer.loggers)  # W&B: the summary keeps the best FID (min), accuracy (max) ...
     accumulate = trainer.accumulate_grad_batches
     per_device = per_device_batch_size(cfg.batch_size, trainer.num_devices, trainer.num_nodes, accumulate)
     log.info(
