@@ -567,25 +567,21 @@ def create_gaussian_diffusion(
     return SpacedDiffusion.from_core(core.respace(parse_timestep_respacing(timestep_respacing)))
 
 
-def _diffusion_kwargs(
-    diffusion_steps,
-    learn_sigma,
-    noise_schedule,
-    use_kl,
-    predict_xstart,
-    rescale_timesteps,
-    rescale_learned_sigmas,
-    timestep_respacing,
-) -> dict:
-    return dict(
-        steps=diffusion_steps,
-        learn_sigma=learn_sigma,
-        noise_schedule=noise_schedule,
-        use_kl=use_kl,
-        predict_xstart=predict_xstart,
-        rescale_timesteps=rescale_timesteps,
-        rescale_learned_sigmas=rescale_learned_sigmas,
-        timestep_respacing=timestep_respacing,
+_DIFFUSION_FLAGS = (
+    "learn_sigma",
+    "noise_schedule",
+    "use_kl",
+    "predict_xstart",
+    "rescale_timesteps",
+    "rescale_learned_sigmas",
+    "timestep_respacing",
+)
+
+
+def _diffusion_from(flags: dict) -> SpacedDiffusion:
+    """The process of a ``create_*_and_diffusion`` call, from that call's arguments (its ``locals()``)."""
+    return create_gaussian_diffusion(
+        steps=flags["diffusion_steps"], **{name: flags[name] for name in _DIFFUSION_FLAGS}
     )
 
 
@@ -615,6 +611,7 @@ def create_model_and_diffusion(
     use_new_attention_order,
 ):
     """(UNetModel, SpacedDiffusion) from the reference's flags (``model_and_diffusion_defaults()`` keys)."""
+    flags = dict(locals())  # the arguments, before any other local exists
     model = create_model(
         image_size,
         num_channels,
@@ -633,18 +630,7 @@ def create_model_and_diffusion(
         use_fp16=use_fp16,
         use_new_attention_order=use_new_attention_order,
     )
-    diffusion = create_gaussian_diffusion(
-        **_diffusion_kwargs(
-            diffusion_steps,
-            learn_sigma,
-            noise_schedule,
-            use_kl,
-            predict_xstart,
-            rescale_timesteps,
-            rescale_learned_sigmas,
-            timestep_respacing,
-        )
-    )
+    diffusion = _diffusion_from(flags)
     return model, diffusion
 
 
@@ -673,6 +659,7 @@ def sr_create_model_and_diffusion(
     use_fp16,
 ):
     """(SuperResModel, SpacedDiffusion) from the reference's flags (``sr_model_and_diffusion_defaults()``)."""
+    flags = dict(locals())  # the arguments, before any other local exists
     model = sr_create_model(
         large_size,
         small_size,
@@ -690,18 +677,7 @@ def sr_create_model_and_diffusion(
         resblock_updown=resblock_updown,
         use_fp16=use_fp16,
     )
-    diffusion = create_gaussian_diffusion(
-        **_diffusion_kwargs(
-            diffusion_steps,
-            learn_sigma,
-            noise_schedule,
-            use_kl,
-            predict_xstart,
-            rescale_timesteps,
-            rescale_learned_sigmas,
-            timestep_respacing,
-        )
-    )
+    diffusion = _diffusion_from(flags)
     return model, diffusion
 
 
@@ -724,6 +700,7 @@ def create_classifier_and_diffusion(
     rescale_learned_sigmas,
 ):
     """(EncoderUNetModel, SpacedDiffusion) from the flags of ``classifier_and_diffusion_defaults()``."""
+    flags = dict(locals())  # the arguments, before any other local exists
     classifier = create_classifier(
         image_size,
         classifier_use_fp16,
@@ -734,16 +711,5 @@ def create_classifier_and_diffusion(
         classifier_resblock_updown,
         classifier_pool,
     )
-    diffusion = create_gaussian_diffusion(
-        **_diffusion_kwargs(
-            diffusion_steps,
-            learn_sigma,
-            noise_schedule,
-            use_kl,
-            predict_xstart,
-            rescale_timesteps,
-            rescale_learned_sigmas,
-            timestep_respacing,
-        )
-    )
+    diffusion = _diffusion_from(flags)
     return classifier, diffusion
