@@ -271,6 +271,17 @@ def test_sample_run_checks_scoring_inputs_before_recording(tmp_path: Path):
     assert (out / "sample_info.json").is_file() and "fid" in result["metrics"]
     with np.load(result["samples"]) as data:
         assert data["arr_1"].tolist() == [2, 2, 2, 2]
+        images = data["arr_0"]
+    # grid.png carries the class names under the images (and grid_captions=false leaves them out)
+    from PIL import Image
+
+    from adm.io.samples import grid_image
+
+    grid = np.asarray(Image.open(result["grid"]))
+    assert grid.shape[:2] == grid_image(images, captions=["cow"] * 4).shape[:2]
+    assert np.array_equal(grid, grid_image(images, captions=["cow"] * 4)[..., 0])
+    plain = run_sample([*base, "labels=cow", "grid_captions=false"], tmp_path / "plain")
+    assert np.asarray(Image.open(plain["grid"])).shape[:2] == grid_image(images).shape[:2] != grid.shape[:2]
     with pytest.raises(ValueError, match=r"the classes are \['ant', 'bee', 'cow'\]"):
         run_sample([*base, "labels=[ant,dog]"], tmp_path / "other")
 

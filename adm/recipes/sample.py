@@ -43,6 +43,7 @@ from adm.io.safe_load import safe_torch_load
 from adm.io.samples import (
     ShardLayout,
     ShardStore,
+    label_captions,
     merge_shards,
     read_images,
     save_grid,
@@ -557,8 +558,12 @@ def run_rank(fabric: Fabric, cfg: dict[str, Any]) -> dict[str, Any] | None:
         merge_shards(store, delete_shards=not cfg["keep_shards"])
         log.info("wrote %s", store.merged_path)
     out_dir = Path(cfg["out_dir"])
-    images, _ = read_images(store.merged_path, cfg["grid_size"])
-    save_grid(images, out_dir / "grid.png", nrow=cfg["grid_nrow"])
+    images, grid_labels = read_images(store.merged_path, cfg["grid_size"])
+    class_names = (store.info.get("model") or {}).get("class_names")
+    captions = None
+    if cfg["grid_captions"] and grid_labels is not None and class_names:
+        captions = label_captions(grid_labels, class_names)  # each image's class name under it
+    save_grid(images, out_dir / "grid.png", nrow=cfg["grid_nrow"], captions=captions)
     result: dict[str, Any] = {
         "samples": str(store.merged_path),
         "grid": str(out_dir / "grid.png"),
