@@ -206,11 +206,20 @@ def make_inputs(args: argparse.Namespace, device: torch.device, num_classes: int
     return out
 
 
+def training_optimizer(unet: torch.nn.Module) -> torch.optim.Optimizer:
+    """The optimizer our training recipes build (conf/optimizer/adamw.yaml: fused AdamW) at lr 1e-4."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    conf = OmegaConf.load(Path(__file__).resolve().parents[1] / "adm" / "conf" / "optimizer" / "adamw.yaml")
+    return instantiate(conf, lr=1e-4)(unet.parameters())
+
+
 def ours_fns(nets: dict, args, inputs: dict, amp: torch.dtype | None) -> dict[str, Callable]:
     unet, clf, diffusion = nets["unet"], nets["classifier"], nets["diffusion"]
     device = next(unet.parameters()).device
     autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp is not None else contextlib.nullcontext
-    opt = torch.optim.AdamW(unet.parameters(), lr=1e-4)
+    opt = training_optimizer(unet)
     guidance = ClassifierGuidance(clf, args.scale)
     steps = args.steps
 
