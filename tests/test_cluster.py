@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 JOB_ID = "4242"
 
 # srun as SLURM runs it: one task per node, each with its rank in the environment, the second started a
-# few seconds after the first (as on a busy cluster). Their pids go to $FAKE_SLURM/pids for the test.
+# few seconds after the first (as on a busy cluster). Their pids go to $FAKE_SLURM/pids for the test. A task
+# that fails takes the others down (srun --kill-on-bad-exit), rather than leaving them waiting for it.
 FAKE_SRUN = """#!/bin/bash
 pids=()
 for ((rank = 0; rank < SLURM_NTASKS; rank++)); do
@@ -36,7 +37,14 @@ for ((rank = 0; rank < SLURM_NTASKS; rank++)); do
   sleep 3
 done
 status=0
-for pid in "${pids[@]}"; do wait $pid || status=$?; done
+for pid in "${pids[@]}"; do
+  wait -n
+  code=$?
+  if ((code != 0)); then
+    status=$code
+    kill -9 "${pids[@]}" 2> /dev/null
+  fi
+done
 exit $status
 """
 # scontrol records what it was asked to do (Lightning's auto-requeue calls `scontrol requeue <job id>`).
@@ -84,6 +92,12 @@ def _ckpt_step(path: Path) -> int:
     return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
 
 
+def _kill_all(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
 @pytest.mark.slow
 def test_two_node_job_is_preempted_requeued_and_continues(tmp_path: Path):
     (tmp_path / "bin").mkdir()
@@ -99,61 +113,68 @@ def test_two_node_job_is_preempted_requeued_and_continues(tmp_path: Path):
         "trainer.max_steps=100",
         "callbacks.sample_grid=null",
         "callbacks.model_checkpoint=null",
+        # SLURM's warning handled between two steps by all ranks together (adm.lit.PreemptionCheckpoint)
+        "++callbacks.preemption._target_=adm.lit.PreemptionCheckpoint",
     ]
     sbatch = ["bash", str(REPO / "scripts" / "slurm" / "train.sbatch"), *overrides]
-
-    # Job 1: both tasks train in one run directory; SLURM's warning (SIGUSR1) reaches every task, Lightning
-    # writes hpc_ckpt_1.ckpt and asks for a requeue; then the job is ended (SIGTERM, as SLURM does).
-    job = subprocess.Popen(sbatch, cwd=REPO, env=_job_env(tmp_path, 0), stdout=subprocess.PIPE, text=True)
     run_dir = tmp_path / "runs" / "smoke" / JOB_ID
-    last = run_dir / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 300
-    while not last.is_file() and job.poll() is None and time.time() < deadline:
-        time.sleep(0.5)
-    pids = [int(p) for p in (tmp_path / "slurm" / "pids").read_text().split()]
-    logs = "\n".join(p.read_text() for p in sorted((tmp_path / "slurm").glob("job0_*.log")))
-    assert last.is_file(), logs[-4000:]
-    for pid in pids:
-        os.kill(pid, signal.SIGUSR1)
-    hpc = run_dir / "hpc_ckpt_1.ckpt"
-    while not hpc.is_file() and job.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(1.0)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    try:  # Lightning ignores SIGTERM on SLURM; SLURM sends SIGKILL after its KillWait
-        job.wait(timeout=2)
-    except subprocess.TimeoutExpired:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        job.wait(timeout=30)
-    logs = "\n".join(p.read_text() for p in sorted((tmp_path / "slurm").glob("job0_*.log")))
-    assert hpc.is_file(), logs[-4000:]
+    last, hpc = run_dir / "checkpoints" / "last.ckpt", run_dir / "hpc_ckpt_1.ckpt"
+
+    def logs(job: int) -> str:
+        return "\n".join(p.read_text() for p in sorted((tmp_path / "slurm").glob(f"job{job}_rank*.log")))
+
+    # Job 1: both tasks train in one run directory. SLURM's warning (SIGUSR1) reaches the ranks at different
+    # moments: rank 1 first, rank 0 a second later (by then the ranks have acted on rank 1's flag, so this
+    # copy comes late). They write hpc_ckpt_1.ckpt together after one step, rank 0 asks for a requeue, and
+    # both leave on their own.
+    job = subprocess.Popen(sbatch, cwd=REPO, env=_job_env(tmp_path, 0), stdout=subprocess.PIPE, text=True)
+    pids: list[int] = []
+    try:
+        deadline = time.time() + 300
+        while not last.is_file() and job.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+        pids = [int(p) for p in (tmp_path / "slurm" / "pids").read_text().split()]
+        assert last.is_file(), logs(0)[-4000:]
+        assert len(pids) == 2
+        _kill_all(pids[1:], signal.SIGUSR1)
+        time.sleep(1.0)
+        _kill_all(pids[:1], signal.SIGUSR1)
+        job.wait(timeout=240)
+    finally:
+        _kill_all(pids, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            job.wait(timeout=30)
+    log0 = logs(0)
+    assert job.returncode == 0, log0[-4000:]
+    assert hpc.is_file(), log0[-4000:]
+    assert sorted(p.name for p in run_dir.glob("hpc_ckpt_*.ckpt")) == [hpc.name]
     reached = _ckpt_step(hpc)
     assert 0 < reached < 100
+    assert torch.load(hpc, weights_only=True)["rng_states"]["torch"].shape[0] == 2  # both ranks' streams
+    assert log0.count(f"pre-emption (signal SIGUSR1 on this rank) at step {reached}") >= 1  # rank 1
+    assert log0.count(f"at step {reached}: writing {hpc}") == 2  # both ranks, the same step
+    assert "Handling auto-requeue signal" not in log0  # Lightning saved nothing inside its handler
     assert (tmp_path / "slurm" / "scontrol").read_text().split() == ["requeue", JOB_ID]
+    # the run stopped at the checkpoint: nothing written after it (no epoch-end last.ckpt)
+    assert last.stat().st_mtime <= hpc.stat().st_mtime and _ckpt_step(last) <= reached
     # one run directory for both ranks (rank 1 started 3 s after rank 0)
     assert [p.name for p in (tmp_path / "runs" / "smoke").iterdir()] == [JOB_ID]
 
     # Job 2: the requeued job runs the same script again (same job id, SLURM_RESTART_COUNT=1) and
-    # continues from the newest checkpoint of the run directory to max_steps.
-    newest = max([hpc, last], key=lambda p: p.stat().st_mtime)
-    start = _ckpt_step(newest)
+    # continues from the pre-emption checkpoint, the newest of the run directory, to max_steps.
     env = _job_env(tmp_path, 1)
     job2 = subprocess.run(sbatch, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     logs2 = [(tmp_path / "slurm" / f"job1_rank{r}.log").read_text() for r in (0, 1)]
     assert job2.returncode == 0, logs2[0][-4000:] + logs2[1][-2000:]
     for log in logs2:
-        assert f"Starting training from {newest}" in log
+        assert f"Starting training from {hpc}" in log
     assert _ckpt_step(last) == 100
-    assert start >= reached
     # the requeued job logged only the steps from where it continued
     with open(run_dir / "csv" / "version_1" / "metrics.csv") as f:
         steps = [int(row["step"]) for row in csv.DictReader(f)]
-    assert min(steps) >= start - 1 and max(steps) == 99
+    assert min(steps) >= reached - 1 and max(steps) == 99
     assert [p.name for p in (tmp_path / "runs" / "smoke").iterdir()] == [JOB_ID]
+    assert (tmp_path / "slurm" / "scontrol").read_text().split() == ["requeue", JOB_ID]
 
 
 def _slurm_task_env(monkeypatch: pytest.MonkeyPatch, ntasks: int) -> None:
@@ -202,6 +223,7 @@ def test_run_directory_of_a_slurm_job_is_its_job_id(monkeypatch: pytest.MonkeyPa
 def test_submitit_launcher_takes_nodes_and_gpus_from_the_trainer():
     # The `slurm` extra (make install adds it): a missing plugin must fail here, not skip.
     import hydra_plugins.hydra_submitit_launcher  # noqa: F401
+
     overrides = ["hydra/launcher=slurm", "model=adm_u_64", "trainer.devices=8", "trainer.num_nodes=4"]
     cfg = _compose_train([*overrides, "ckpt_path=auto"])
     launcher = cfg.hydra.launcher

@@ -3,12 +3,15 @@
 from adm.lit.classifier import ClassifierModule
 from adm.lit.diffusion import DiffusionModule
 from adm.lit.optim import WarmupLinearAnneal, warmup_linear_anneal
+from adm.lit.preemption import Preempted, PreemptionCheckpoint
 from adm.lit.resume import EpochEndResume, RandomStreams
 
 __all__ = [
     "ClassifierModule",
     "DiffusionModule",
     "EpochEndResume",
+    "Preempted",
+    "PreemptionCheckpoint",
     "RandomStreams",
     "WarmupLinearAnneal",
     "warmup_linear_anneal",

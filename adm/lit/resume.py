@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from typing import Any
 
 import numpy as np
@@ -88,8 +89,23 @@ def _seed_process(seed: int) -> None:
 
 
 # --- random streams in checkpoints -------------------------------------------------------------------------
+def _inside_training_step(trainer: pl.Trainer) -> bool:
+    """Whether the trainer is between the start of a training batch and the end of its optimizer step."""
+    try:
+        progress = trainer.fit_loop.epoch_loop.batch_progress.total
+        return bool(trainer.training) and progress.started > progress.processed
+    except AttributeError:
+        return False
+
+
 class RandomStreams(Callback):
     """Per-rank random streams in checkpoints; validation that does not move them (see the module docstring).
+
+    With several ranks, every checkpoint gathers all ranks' streams (a collective), so checkpoints are to be
+    written where all ranks are in step: Lightning's checkpoint callbacks, and
+    :class:`adm.lit.PreemptionCheckpoint` for SLURM's warning signal. A checkpoint written inside a training
+    step (from a signal handler, where another rank may be in the gradient all-reduce) gathers nothing and
+    holds no random streams, with a warning.
 
     Args:
         seed: base seed of the per-rank streams of a fresh multi-process run; None takes Lightning's global
@@ -111,6 +127,15 @@ class RandomStreams(Callback):
     ) -> None:
         state = capture_rng_state()
         if trainer.world_size > 1:  # every rank takes part; rank 0 writes the file
+            if _inside_training_step(trainer):
+                # a save from inside a step (a signal handler, training_step): the other ranks may be in
+                # another collective (the gradient all-reduce), so gathering could hang; no streams saved
+                warnings.warn(
+                    f"rank {trainer.global_rank}: checkpoint written inside a training step; the random "
+                    "streams are not gathered (resuming from it restarts them from seed + rank)",
+                    stacklevel=2,
+                )
+                return
             state = {k: pl_module.all_gather(v.to(pl_module.device)).cpu() for k, v in state.items()}
         else:
             state = {k: v[None] for k, v in state.items()}

@@ -312,10 +312,11 @@ def wandb_run_id(output_dir: Path) -> str:
 def cluster_plugins() -> list[Any]:
     """Lightning plugins for the cluster this process runs on (none off SLURM).
 
-    Under ``sbatch`` + ``srun`` Lightning detects SLURM on its own and requeues on SIGUSR1. Jobs of the
-    submitit launcher (``hydra/launcher=slurm``) are warned with SIGUSR2 instead, which submitit handles by
-    requeueing without a checkpoint; Lightning takes that signal over, so it saves ``hpc_ckpt_<n>.ckpt``
-    before requeueing the job.
+    Under ``sbatch`` + ``srun`` Lightning detects SLURM on its own, with SIGUSR1 as the requeue signal. Jobs
+    of the submitit launcher (``hydra/launcher=slurm``) are warned with SIGUSR2 instead, which submitit
+    handles by requeueing without a checkpoint; the environment returned here names SIGUSR2, so the
+    pre-emption callback (:class:`adm.lit.PreemptionCheckpoint`) takes that signal over and has all ranks
+    save ``hpc_ckpt_<n>.ckpt`` at the next step before the job is requeued.
     """
     if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
         return []

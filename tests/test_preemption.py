@@ -1,0 +1,212 @@
+"""SLURM pre-emption (adm.lit.preemption): the warning signal sets a flag, the checkpoint is written after the
+step it interrupted, the job is requeued once, training stops, and the continuation is bit-exact."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from test_resume import REPO, _Linear, _same
+from test_train import one_thread, read_ckpt  # noqa: F401  (one_thread: autouse)
+
+from adm.io.checkpoint import LastCheckpoint
+from adm.lit import EpochEndResume, Preempted, PreemptionCheckpoint, RandomStreams
+from adm.lit.preemption import hpc_checkpoint_path
+from adm.lit.resume import RNG_KEY
+
+JOB_ID = "4242"
+# 12 training digits, 4 per step: 3 steps per epoch; the runs end in a fresh epoch (as in test_resume: the
+# loader's own batch counter of the epoch a run resumed in keeps the resumed count, and a new epoch resets it)
+STEPS = 10
+
+
+class _Signalled(_Linear):
+    """Sends itself `signum` from inside the training step that starts at global step `at_step`."""
+
+    def __init__(self, at_step: int | None = None, signum: int = signal.SIGUSR1):
+        super().__init__()
+        self.at_step, self.signum = at_step, signum
+
+    def training_step(self, batch, batch_idx):
+        if self.trainer.global_step == self.at_step:
+            os.kill(os.getpid(), self.signum)  # the handler runs here, in the middle of the step
+        return super().training_step(batch, batch_idx)
+
+
+@pytest.fixture
+def restore_signals():
+    saved = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGUSR2)}
+    yield
+    for s, handler in saved.items():
+        signal.signal(s, handler)
+
+
+@pytest.fixture
+def slurm_job(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, restore_signals) -> Path:
+    """One SLURM task (Lightning detects SLURM); `scontrol` records its arguments in the returned file."""
+    for key in [k for k in os.environ if k.startswith(("SLURM_", "SUBMITIT_"))]:
+        monkeypatch.delenv(key)
+    for key, value in {
+        "SLURM_JOB_ID": JOB_ID,
+        "SLURM_JOB_NAME": "adm-train",
+        "SLURM_NTASKS": "1",
+        "SLURM_NTASKS_PER_NODE": "1",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "SLURM_NODELIST": "localhost",
+    }.items():
+        monkeypatch.setenv(key, value)
+    bin_dir, record = tmp_path / "bin", tmp_path / "scontrol_calls"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f'#!/bin/bash\necho "$@" >> "{record}"\n')
+    scontrol.chmod(scontrol.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return record
+
+
+def _fit(
+    run_dir: Path,
+    at_step: int | None = None,
+    signum: int = signal.SIGUSR1,
+    ckpt_path: str | None = None,
+    plugins: list | None = None,
+) -> tuple[pl.Trainer, PreemptionCheckpoint]:
+    with initialize_config_dir(config_dir=str(REPO / "adm" / "conf"), version_base="1.3"):
+        cfg = compose(overrides=["+data=mnist5k", "data.image_size=8", "data.batch_size=4"])
+    pl.seed_everything(0)
+    datamodule = instantiate(cfg.data, val_fraction=0.9976)  # 12 training digits: 3 batches per epoch
+    module = _Signalled(at_step, signum)
+    preemption = PreemptionCheckpoint()
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=STEPS,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=run_dir,
+        plugins=plugins,
+        callbacks=[
+            RandomStreams(seed=0),
+            EpochEndResume(),
+            LastCheckpoint(
+                dirpath=run_dir / "checkpoints", save_top_k=0, save_last=True, save_on_train_epoch_end=True
+            ),
+            preemption,
+        ],
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    return trainer, preemption
+
+
+def _batch_counts(ckpt: dict) -> dict[str, int]:
+    return ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]
+
+
+@pytest.mark.parametrize(
+    ("launcher", "at_step"),
+    [
+        ("sbatch", 4),  # SIGUSR1; the checkpoint lands mid-epoch (step 5 of 3 per epoch)
+        ("submitit", 5),  # SIGUSR2 (adm.recipes.runs.cluster_plugins); after an epoch's last batch (step 6)
+    ],
+)
+def test_signal_in_a_step_checkpoints_after_it_requeues_and_resumes_bit_exactly(
+    tmp_path: Path, slurm_job: Path, monkeypatch: pytest.MonkeyPatch, launcher: str, at_step: int
+):
+    plugins, signum = None, signal.SIGUSR1
+    if launcher == "submitit":
+        from adm.recipes.runs import cluster_plugins
+
+        monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+        plugins, signum = cluster_plugins(), signal.SIGUSR2
+        assert plugins[0].requeue_signal == signal.SIGUSR2
+
+    straight_trainer, preemption = _fit(tmp_path / "straight", plugins=plugins)
+    assert preemption.signals == (signum,)  # active on SLURM, on the environment's signal
+    assert signal.getsignal(signum) is signal.SIG_DFL  # handed back after fit
+    straight = read_ckpt(tmp_path / "straight" / "checkpoints" / "last.ckpt")
+    assert straight["global_step"] == STEPS and not slurm_job.exists()
+
+    run_dir = tmp_path / "legs"
+    with pytest.raises(Preempted) as stopped:
+        _fit(run_dir, at_step, signum, plugins=plugins)
+    hpc = run_dir / "hpc_ckpt_1.ckpt"
+    assert stopped.value.code == 0 and stopped.value.requeued and stopped.value.path == str(hpc)
+    # written after the interrupted step: its optimizer step is in, and the batch is counted processed
+    saved = read_ckpt(hpc)
+    assert saved["global_step"] == stopped.value.step == at_step + 1
+    counts = _batch_counts(saved)
+    assert counts["processed"] == counts["completed"] + 1 == at_step + 1
+    assert slurm_job.read_text().splitlines() == [f"requeue {JOB_ID}"]  # once, by rank 0
+    # training stopped there: no later checkpoint (no epoch-end last.ckpt newer than the hpc one)
+    assert sorted(p.name for p in run_dir.glob("*.ckpt")) == ["hpc_ckpt_1.ckpt"]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert read_ckpt(last)["global_step"] < at_step + 1
+    os.kill(os.getpid(), signum)  # a late copy of the warning is ignored while the process leaves
+
+    # the requeued job continues from it to the end: the same as the uninterrupted run, bit for bit
+    _fit(run_dir, ckpt_path=str(hpc), plugins=plugins)
+    resumed = read_ckpt(last)
+    assert resumed["global_step"] == STEPS
+    for key in ["state_dict", "optimizer_states", "rng_states", "loops"]:
+        _same(straight[key], resumed[key], key)
+    assert slurm_job.read_text().splitlines() == [f"requeue {JOB_ID}"]
+    assert straight_trainer.global_step == STEPS
+
+
+def test_no_requeue_means_exit_status_1(tmp_path: Path, slurm_job: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "not-a-job")
+    with pytest.raises(Preempted) as stopped:
+        _fit(tmp_path, at_step=1)
+    assert stopped.value.code == 1 and not stopped.value.requeued
+    assert read_ckpt(tmp_path / "hpc_ckpt_1.ckpt")["global_step"] == 2
+    assert not slurm_job.exists()
+    assert hpc_checkpoint_path(tmp_path) == str(tmp_path / "hpc_ckpt_2.ckpt")  # the next one
+
+
+def test_inactive_off_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restore_signals):
+    for key in [k for k in os.environ if k.startswith(("SLURM_", "SUBMITIT_"))]:
+        monkeypatch.delenv(key)
+    before = signal.getsignal(signal.SIGUSR1)
+    trainer, preemption = _fit(tmp_path)
+    assert trainer.global_step == STEPS and preemption.signals == ()
+    assert signal.getsignal(signal.SIGUSR1) is before
+    assert not list(tmp_path.glob("hpc_ckpt_*.ckpt"))
+
+
+def test_options():
+    assert PreemptionCheckpoint(requeue_signal="USR2").requeue_signal == signal.SIGUSR2
+    assert PreemptionCheckpoint(requeue_signal=signal.SIGUSR1.value).requeue_signal == signal.SIGUSR1
+    with pytest.raises(ValueError, match="check_every_n_steps"):
+        PreemptionCheckpoint(check_every_n_steps=0)
+
+
+def test_random_streams_gather_nothing_inside_a_training_step():
+    """A save from a signal handler in the middle of a step must not start a collective."""
+    progress = SimpleNamespace(started=3, processed=2)
+    trainer = SimpleNamespace(
+        world_size=2,
+        global_rank=1,
+        training=True,
+        fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=SimpleNamespace(total=progress))),
+    )
+    checkpoint: dict = {}
+    with pytest.warns(UserWarning, match="inside a training step"):
+        RandomStreams(seed=0).on_save_checkpoint(trainer, None, checkpoint)  # no module: no all_gather
+    assert RNG_KEY not in checkpoint
+
+    # between two steps (on_train_batch_end, epoch end, validation): every rank's streams are gathered
+    progress.processed = 3
+    module = SimpleNamespace(device=torch.device("cpu"), all_gather=lambda t: torch.stack([t, t]))
+    RandomStreams(seed=0).on_save_checkpoint(trainer, module, checkpoint)
+    assert checkpoint[RNG_KEY]["torch"].shape[0] == 2
