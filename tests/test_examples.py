@@ -36,3 +36,18 @@ def test_grey_digits_and_no_overwrite(tmp_path, capsys):
         write_digit_folders(tmp_path, [1], per_class=2)
     with pytest.raises(ValueError, match="digits 0-9"):
         write_digit_folders(tmp_path / "other", [12])
+
+
+def test_folder_ruler_learns_the_folder_classes(tmp_path):
+    from adm.metrics.domain import DomainClassifier, train_folder_ruler
+    from adm.metrics.domain import main as ruler_main
+
+    write_digit_folders(tmp_path / "data", [0, 1], size=16, per_class=100, seed=1)
+    accuracy = train_folder_ruler(tmp_path / "data", tmp_path / "ruler.pt", image_size=16, epochs=20)
+    assert accuracy >= 0.9  # zeros against ones, 40 held-out images
+    ruler = DomainClassifier.load(tmp_path / "ruler.pt")
+    assert (ruler.in_channels, ruler.image_size, ruler.num_classes) == (3, 16, 2)
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "data" / "zero" / "0000.png").rename(tmp_path / "flat" / "a.png")
+    with pytest.raises(ValueError, match="no class folders"):
+        ruler_main([str(tmp_path / "flat"), str(tmp_path / "x.pt"), "--size", "16"])
