@@ -170,3 +170,22 @@ def test_resblock_in_place_paths_match_reference(kwargs):
     x_ref = x.clone().requires_grad_(True)
     (g_ref,) = torch.autograd.grad(reference_resblock(block, x_ref, emb).square().sum(), x_ref)
     assert rel(g, g_ref) < 1e-5
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_upsample_is_nearest_interpolation_without_the_interpolation_kernel(memory_format):
+    from adm.nn.layers import Upsample
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 5, 7).contiguous(memory_format=memory_format).requires_grad_(True)
+    up = Upsample(6, use_conv=True)
+    out = up(x)
+    reference = up.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    assert torch.equal(out, reference)
+    grad = torch.randn_like(out)
+    (g_out,) = torch.autograd.grad(out, x, grad)
+    (g_ref,) = torch.autograd.grad(reference, x, grad)
+    assert rel(g_out, g_ref) < 1e-6
+    with torch.profiler.profile() as prof, torch.no_grad():
+        up(x)
+    assert not [e.key for e in prof.key_averages() if "upsample_nearest" in e.key]
