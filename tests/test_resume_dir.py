@@ -69,6 +69,17 @@ def test_resume_by_run_directory_rereads_the_overrides_and_keeps_the_saved_confi
     assert _saved(run) == saved
     assert read_ckpt(run / "checkpoints" / "last.ckpt")["global_step"] == 5
 
+    # a run saved by an older version lacks settings added since (an optimizer option, a callback): it
+    # continues with their defaults instead of being refused as "another config"
+    for name in (".hydra/config.yaml", "resolved_config.yaml"):
+        conf = OmegaConf.load(run / name)
+        del conf.optimizer["fused"]
+        del conf.callbacks["preemption"]
+        OmegaConf.save(conf, run / name)
+    older = _cli(f"resume={run}", "trainer.max_steps=6")
+    assert older.returncode == 0, older.stderr[-3000:]
+    assert read_ckpt(run / "checkpoints" / "last.ckpt")["global_step"] == 6
+
 
 def test_resume_of_a_directory_that_is_no_run_is_one_clear_error(tmp_path: Path):
     proc = _cli(f"resume={tmp_path / 'nothing'}")

@@ -100,11 +100,15 @@ def _task_part(cfg: Any) -> dict[str, Any]:
 def _differences(
     old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = ""
 ) -> list[tuple[str, Any, Any]]:
-    """(dotted key, old value, new value) for every leaf that differs between two nested dicts."""
+    """(dotted key, old value, new value) for every leaf that differs between two nested dicts.
+
+    Keys the old config does not have are not differences: they are settings a newer version of the code
+    added (a new option, a new callback), and a run saved before them continues with their defaults.
+    """
     out: list[tuple[str, Any, Any]] = []
-    for key in sorted(set(old) | set(new), key=str):
+    for key in sorted(old, key=str):
         name = f"{prefix}{key}"
-        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+        a, b = old[key], new.get(key, "<absent>")
         if isinstance(a, Mapping) and isinstance(b, Mapping):
             out.extend(_differences(a, b, f"{name}."))
         elif a != b:
