@@ -21,6 +21,7 @@ from adm.sampling import (
     draw_images,
     null_label_of,
 )
+from adm.sampling.draw import check_labels
 
 NULL = 3  # 3 data classes + the null label
 
@@ -81,9 +82,9 @@ def test_bad_labels_scales_and_misuse_are_refused():
         with pytest.raises(ValueError, match="null label"):
             draw_images(wrapped, process(), ddim, [1, 2], labels=bad)
         with pytest.raises(ValueError, match="null label"):
-            guidance.check_labels(torch.tensor(bad))
+            check_labels(wrapped, torch.tensor(bad))
     assert net.calls == []  # refused before any network call
-    guidance.check_labels(torch.tensor([0, NULL - 1]))
+    check_labels(wrapped, torch.tensor([0, NULL - 1]))
     with pytest.raises(ValueError, match="scale"):
         ClassifierFreeGuidance(-1.0, NULL)
     with pytest.raises(ValueError, match="wraps the model"):

@@ -197,6 +197,11 @@ def test_draw_errors():
         )
     with pytest.raises(ValueError, match="at least one seed"):
         draw_images(Recorder(None), diffusion, sampler, [])
+    for bad in ([0, 3], [-1, 2]):  # labels the 3-class network has no class for: refused before drawing
+        net = Recorder(3)
+        with pytest.raises(ValueError, match=r"not data classes 0\.\.2"):
+            draw_images(net, diffusion, sampler, [1, 2], labels=bad)
+        assert net.calls == []
 
 
 def test_seed_rules():

@@ -15,13 +15,13 @@ Guidance of this kind wraps the model instead of correcting a sampler step, so i
 ``draw_images``, the sample recipe and ``ADM.infer`` are given). Both make one batched call of 2B images
 (conditional, then unconditional) per step.
 
-The labels are checked once per draw, where they are chosen (``draw_images`` calls :meth:`check_labels`),
-never in the per-step call: comparing device tensors there would stall the GPU on every step.
+The labels are checked once per draw, where they are chosen (``adm.sampling.draw.check_labels``), never in
+the per-step call: comparing device tensors there would stall the GPU on every step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -69,27 +69,14 @@ class ClassifierFreeGuidance:
             "(or guidance.wrap_network(net)) with guidance=None"
         )
 
-    def check_labels(self, labels: torch.Tensor | Sequence[int]) -> None:
-        """Refuse labels that are not data classes 0..null_label - 1 (the null label, negatives, beyond).
-
-        Called once per draw on the chosen labels (a host-side check); :meth:`guided` trusts its labels.
-        """
-        y = torch.as_tensor(labels)
-        if y.numel() and bool(((y < 0) | (y >= self.null_label)).any()):
-            bad = sorted({int(v) for v in y[(y < 0) | (y >= self.null_label)].tolist()})
-            raise ValueError(
-                f"labels must be data classes 0..{self.null_label - 1}; {self.null_label} is the null label "
-                f"(got {bad})"
-            )
-
     def guided(
         self, model_fn: Callable[..., torch.Tensor], x_t: torch.Tensor, t_model: torch.Tensor, **model_kwargs
     ) -> torch.Tensor:
         """The guided output of ``model_fn(x_t, t_model, y=..., **rest)`` for labels ``model_kwargs["y"]``.
 
         Without labels (y None) every sample is unconditional: the null label is used. The labels must be
-        data classes (:meth:`check_labels`, which ``draw_images`` applies once per draw); this per-step call
-        does not look at their values, so it never waits for the device.
+        data classes (``draw_images`` checks them once per draw); this per-step call does not look at their
+        values, so it never waits for the device.
         """
         y = model_kwargs.pop("y", None)
         null = torch.full((x_t.shape[0],), self.null_label, dtype=torch.int64, device=x_t.device)

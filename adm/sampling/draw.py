@@ -98,17 +98,18 @@ def _as_labels(labels: Any, count: int) -> torch.Tensor:
 
 
 def check_labels(net: nn.Module, y: torch.Tensor) -> None:
-    """Refuse labels a class-conditional network has no class for, once per draw (so that no sampler step
-    has to look at label values on the device): a classifier-free network's null label and anything outside
-    its data classes, else anything outside 0..num_classes - 1."""
+    """Refuse labels a class-conditional network has no data class for, once per draw (so that no sampler
+    step has to look at label values on the device): anything outside 0..num_classes - 1, and for a
+    classifier-free network its null label (the last class) too."""
     if isinstance(net, ClassifierFreeNetwork):
-        net.guidance.check_labels(y)
-        return
-    num_classes = int(net.num_classes)
-    outside = (y < 0) | (y >= num_classes)
+        limit = net.guidance.null_label
+        note = f" ({limit} is the null label of this classifier-free network)"
+    else:
+        limit, note = int(net.num_classes), ""
+    outside = (y < 0) | (y >= limit)
     if bool(outside.any()):
         bad = sorted({int(v) for v in y[outside].tolist()})
-        raise ValueError(f"labels {bad} are outside the network's classes 0..{num_classes - 1}")
+        raise ValueError(f"labels {bad} are not data classes 0..{limit - 1} of the network{note}")
 
 
 @torch.no_grad()
