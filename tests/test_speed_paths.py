@@ -189,3 +189,61 @@ def test_upsample_is_nearest_interpolation_without_the_interpolation_kernel(memo
     with torch.profiler.profile() as prof, torch.no_grad():
         up(x)
     assert not [e.key for e in prof.key_averages() if "upsample_nearest" in e.key]
+    from adm.nn.layers import upsample_nearest_2x
+
+    up_only = upsample_nearest_2x(x)
+    with torch.profiler.profile() as prof:
+        torch.autograd.grad(up_only, x, torch.randn_like(up_only))
+    keys = {e.key for e in prof.key_averages()}
+    assert "aten::avg_pool2d" in keys and "aten::sum" not in keys  # the gradient is a 2x2 sum pooling
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
+def test_cpu_dropout_drops_each_element_with_probability_p_and_keeps_the_expectation(p):
+    from adm.nn.layers import Dropout
+
+    torch.manual_seed(0)
+    n = 1 << 20
+    drop = Dropout(p)
+    y = drop(torch.ones(n))
+    p_eff = round(p * 2**16) / 2**16
+    assert abs(p_eff - p) <= 1e-3 * p
+    dropped = y == 0
+    sigma = math.sqrt(p * (1 - p) / n)
+    assert abs(dropped.float().mean().item() - p) < 5 * sigma
+    kept = y[~dropped]
+    assert torch.equal(kept, torch.full_like(kept, 1 / (1 - p_eff)))  # exactly unbiased for p_eff
+    # Every 16-bit lane of the 64-bit draws is used alike (a draw over [0, 2**63) would never drop lane 3),
+    # and the four lanes of one draw are independent.
+    lanes = dropped.view(-1, 4).float()
+    for lane in range(4):
+        assert abs(lanes[:, lane].mean().item() - p) < 5 * math.sqrt(p * (1 - p) / (n // 4))
+    all_four = lanes.prod(dim=1).mean().item()
+    assert abs(all_four - p**4) < 5 * math.sqrt(p**4 * (1 - p**4) / (n // 4))
+
+
+def test_cpu_dropout_gradient_seeding_and_fallbacks():
+    from adm.nn.layers import Dropout
+
+    x = torch.randn(4, 8, 16, 16, requires_grad=True)
+    drop = Dropout(0.1)
+    torch.manual_seed(3)
+    y = drop(x)
+    grad = torch.randn_like(y)
+    (gx,) = torch.autograd.grad(y, x, grad)
+    mask = y.detach() / x.detach()  # 0 where dropped, the scale where kept
+    torch.testing.assert_close(gx, grad * mask)
+    torch.manual_seed(3)
+    assert torch.equal(drop(x), y)  # masks come from the default generator
+    assert not torch.equal(drop(x), y)
+    assert drop(x.bfloat16()).dtype == torch.bfloat16
+    assert torch.equal(drop.eval()(x), x)
+    drop.train()
+    with torch.profiler.profile() as prof:
+        Dropout(0.001)(x)  # 0.001 is not within 0.1% of a multiple of 2**-16: plain F.dropout
+        Dropout(1.0)(x)
+    assert "aten::bernoulli_" in {e.key for e in prof.key_averages()}
+    assert torch.equal(Dropout(1.0)(x), torch.zeros_like(x))
+    block = ResBlock(32, 16, 0.1)
+    assert isinstance(block.out_layers[2], Dropout)
+    assert not [k for k in block.state_dict() if k.startswith("out_layers.2")]

@@ -88,6 +88,39 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return emb
 
 
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` whose CPU masks cost a quarter of a random draw per element.
+
+    On CPU ``F.dropout`` draws one Bernoulli number per element, which made dropout about 5% of an
+    ADM-64 training step. Here each 64-bit draw gives four 16-bit lanes and an element is dropped when
+    its lane is below ``round(p * 2**16)``: the drop probability is ``p`` rounded to a multiple of
+    ``2**-16`` (0.1 becomes 0.1000061), and kept values are scaled by ``1 / (1 - that probability)``, so
+    the expectation is exactly the input's. Masks come from the default generator, so seeded runs and
+    resumed runs draw the same masks. Where that rounding would move ``p`` by more than 0.1% (``p``
+    below about 0.008), on other devices, and in place, this is plain ``F.dropout``.
+    """
+
+    LANES = 2**16
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cut = round(self.p * self.LANES)
+        fast = (
+            self.training
+            and 0 < self.p < 1
+            and x.device.type == "cpu"
+            and not self.inplace
+            and abs(cut / self.LANES - self.p) <= 1e-3 * self.p
+        )
+        if not fast:
+            return F.dropout(x, self.p, self.training, self.inplace)
+        n = x.numel()
+        draws = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None)  # full 64-bit range
+        lanes = draws.view(torch.int16)[:n].view(x.shape)  # uniform on [-2**15, 2**15)
+        scale = 1.0 / (1.0 - cut / self.LANES)
+        mask = torch.where(lanes >= cut - self.LANES // 2, scale, 0.0).to(x.dtype)
+        return x * mask
+
+
 class TimestepBlock(nn.Module):
     """A module whose forward takes the timestep (+ class) embedding as a second argument."""
 
@@ -104,13 +137,26 @@ class TimestepEmbedSequential(nn.Sequential):
         return x
 
 
+class _NearestUp2x(torch.autograd.Function):
+    """Nearest 2x upsampling whose gradient is a 2x2 sum pooling, about 3x faster on CPU than the sum over
+    the broadcast dimensions autograd would otherwise run (6.3 against 1.8 ms for 4x128x64x64)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        return x[:, :, :, None, :, None].expand(b, c, h, 2, w, 2).reshape(b, c, 2 * h, 2 * w)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(grad, 2, divisor_override=1)
+
+
 def upsample_nearest_2x(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, 2H, 2W), each pixel repeated 2x2: ``F.interpolate(x, scale_factor=2,
     mode="nearest")`` exactly, as one strided copy (a broadcast view reshaped). On CPU that is several times
     faster than the interpolation kernel (30 ms against 4 ms for 8x128x32x32 on two threads), whose output
-    is copied once more; its backward is a sum over the 2x2 copies."""
-    b, c, h, w = x.shape
-    return x[:, :, :, None, :, None].expand(b, c, h, 2, w, 2).reshape(b, c, 2 * h, 2 * w)
+    is copied once more; its backward is a 2x2 sum pooling."""
+    return _NearestUp2x.apply(x)
 
 
 class Upsample(nn.Module):
@@ -192,7 +238,7 @@ class ResBlock(TimestepBlock):
         self.out_layers = nn.Sequential(
             normalization(self.out_channels),
             nn.SiLU(),
-            nn.Dropout(p=dropout),
+            Dropout(p=dropout),
             zero_module(nn.Conv2d(self.out_channels, self.out_channels, 3, padding=1)),
         )
         if self.out_channels == channels:
@@ -205,7 +251,7 @@ class ResBlock(TimestepBlock):
         return maybe_checkpoint(self.use_checkpoint, self._forward, x, emb)
 
     def _forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        # The nn.SiLU / nn.Dropout modules of in_layers and out_layers are applied functionally (in place on
+        # The nn.SiLU / Dropout modules of in_layers and out_layers are applied functionally (in place on
         # fresh temporaries when autograd does not need their inputs); the state dict is unchanged.
         norm_in, _, conv_in = self.in_layers
         h = _silu(norm_in(x))
