@@ -3,6 +3,7 @@
     python scripts/bench.py --openai /path/to/guided-diffusion     # CPU (and CUDA when present), one table
     python scripts/bench.py                                        # ours only (no reference checkout given)
     python scripts/bench.py --tiny --repeats 1                     # a seconds-long smoke run
+    python scripts/bench.py --openai ../guided-diffusion --keep-freed-memory   # computation only
     python scripts/bench.py --devices cuda --variants fp32,bf16,compile --openai ../guided-diffusion
 
 The networks: an ADM-64-shaped UNet (channel_mult 1,2,3,4, 3 ResBlocks per level, attention at 32/16/8 px
@@ -17,7 +18,17 @@ Both implementations get the same random weights and the same inputs. The work:
   ``--scale`` (4), batch ``--sample-batch`` (4), end to end, the guidance gradient included.
 
 Every work item runs ``--repeats`` times per implementation, the implementations interleaved (their order
-alternating) after one warm-up call each; the table shows medians. ``rel err`` compares each output with
+alternating) after one warm-up call each; the table shows medians. Each work runs in a fresh process of
+this script (``--no-isolate``: all in this one), because what one work leaves in the allocator changes the
+next one's speed (glibc raises its mmap threshold after large frees). The training step trains copies of
+the networks, so the other works always see the same weights.
+
+``sys ms`` is the kernel CPU time of one call. On CPU it is mostly page faults: glibc serves large blocks
+with fresh pages and returns them on free, so code that allocates large temporaries on every call (such as
+attention weights of ``L x L``) pays for faulting and zeroing them each time. That cost is real for anyone
+running with the default allocator and is part of the ``ms`` column. ``--keep-freed-memory`` turns it off
+for both implementations (glibc's mallopt: freed memory is kept for reuse, as a preloaded jemalloc or
+tcmalloc would), and the table then compares the computation alone. ``rel err`` compares each output with
 OpenAI's fp32 one (forward output; final samples); the training step has dropout and shows none.
 ``peak MiB`` is the extra memory one call needs: torch.cuda.max_memory_allocated on CUDA, the rise of the
 process's peak resident set (VmHWM, reset before each call) on CPU. FLOPs are counted once from the
@@ -36,16 +47,25 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import ctypes
+import json
 import math
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+try:
+    import resource
+except ImportError:  # Windows: the sys column shows nan
+    resource = None
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -84,6 +104,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--peak-tflops", type=float, default=None, help="device peak for MFU (default: known GPUs)"
     )
+    ap.add_argument(
+        "--isolate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run each work in a fresh process, so that no work inherits another's allocator state",
+    )
+    ap.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="glibc: freed memory stays in the process (no mmap, no trimming), so no call pays page faults",
+    )
+    ap.add_argument("--rows-out", help=argparse.SUPPRESS)  # an isolated work's rows, as JSON
     return ap.parse_args(argv)
 
 
@@ -219,7 +251,8 @@ def ours_fns(nets: dict, args, inputs: dict, amp: torch.dtype | None) -> dict[st
     unet, clf, diffusion = nets["unet"], nets["classifier"], nets["diffusion"]
     device = next(unet.parameters()).device
     autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp is not None else contextlib.nullcontext
-    opt = training_optimizer(unet)
+    train_unet = copy.deepcopy(unet)  # training steps change weights: the other works keep the shared ones
+    opt = training_optimizer(train_unet)
     guidance = ClassifierGuidance(clf, args.scale)
     steps = args.steps
 
@@ -230,10 +263,10 @@ def ours_fns(nets: dict, args, inputs: dict, amp: torch.dtype | None) -> dict[st
 
     def train():
         d = inputs["train"]
-        unet.train()
+        train_unet.train()
         with autocast():
             x_t = diffusion.q_sample(d["x"], d["t"], d["eps"])
-            out = unet(x_t, diffusion.model_timesteps(d["t"]), d["y"])
+            out = train_unet(x_t, diffusion.model_timesteps(d["t"]), d["y"])
             loss = training_losses(diffusion, out.float(), d["x"], x_t, d["t"], d["eps"])["loss"].mean()
         loss.backward()
         opt.step()
@@ -270,7 +303,8 @@ def ours_fns(nets: dict, args, inputs: dict, amp: torch.dtype | None) -> dict[st
 
 def openai_fns(nets: dict, args, inputs: dict) -> dict[str, Callable]:
     unet, clf, diffusion, sampling = nets["unet"], nets["classifier"], nets["diffusion"], nets["sampling"]
-    opt = torch.optim.AdamW(unet.parameters(), lr=1e-4)
+    train_unet = copy.deepcopy(unet)
+    opt = torch.optim.AdamW(train_unet.parameters(), lr=1e-4)
 
     def forward():
         d = inputs["forward"]
@@ -279,8 +313,10 @@ def openai_fns(nets: dict, args, inputs: dict) -> dict[str, Callable]:
 
     def train():
         d = inputs["train"]
-        unet.train()
-        losses = diffusion.training_losses(unet, d["x"], d["t"], model_kwargs={"y": d["y"]}, noise=d["eps"])
+        train_unet.train()
+        losses = diffusion.training_losses(
+            train_unet, d["x"], d["t"], model_kwargs={"y": d["y"]}, noise=d["eps"]
+        )
         losses["loss"].mean().backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -323,8 +359,12 @@ def _rss_mib() -> float:
     return float("nan")
 
 
-def timed(fn: Callable, device: torch.device) -> tuple[float, float, object]:
-    """(seconds, peak extra MiB, result) of one call."""
+def _sys_seconds() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_stime if resource else float("nan")
+
+
+def timed(fn: Callable, device: torch.device) -> tuple[float, float, float, object]:
+    """(seconds, peak extra MiB, seconds of kernel CPU time, result) of one call."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -333,16 +373,18 @@ def timed(fn: Callable, device: torch.device) -> tuple[float, float, object]:
         with contextlib.suppress(OSError):
             Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
         base = _rss_mib()
+    sys_start = _sys_seconds()
     start = time.perf_counter()
     out = fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
+    sys_time = _sys_seconds() - sys_start
     if device.type == "cuda":
         peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
     else:
         peak = _peak_rss_mib() - base
-    return elapsed, peak, out
+    return elapsed, peak, sys_time, out
 
 
 def count_flops(fn: Callable) -> float:
@@ -417,14 +459,16 @@ def bench_device(args: argparse.Namespace, device: torch.device, works: list[str
         warm, outputs = {}, {}
         times: dict[int, list[float]] = {i: [] for i in range(len(entries))}
         peaks: dict[int, list[float]] = {i: [] for i in range(len(entries))}
+        kernel: dict[int, list[float]] = {i: [] for i in range(len(entries))}
         for i, (_, _, fns) in enumerate(entries):
-            warm[i], _, outputs[i] = timed(fns[work], device)
+            warm[i], _, _, outputs[i] = timed(fns[work], device)
         for r in range(args.repeats):
             order = list(range(len(entries)))
             for i in order if r % 2 == 0 else order[::-1]:
-                elapsed, peak, _ = timed(entries[i][2][work], device)
+                elapsed, peak, sys_time, _ = timed(entries[i][2][work], device)
                 times[i].append(elapsed)
                 peaks[i].append(peak)
+                kernel[i].append(sys_time)
         flops = work_flops(work, ours, inputs, args, device)  # the same networks whichever code runs them
         ref = next((i for i, e in enumerate(entries) if e[:2] == ("openai", "fp32")), None)
         base_variant = "fp32" if device.type == "cpu" else "fp16"
@@ -442,6 +486,7 @@ def bench_device(args: argparse.Namespace, device: torch.device, works: list[str
                     "ms": med * 1e3,
                     "img_s": batch / med,
                     "peak_MiB": max(peaks[i]),
+                    "sys_ms": statistics.median(kernel[i]) * 1e3,
                     "gflop_s": flops / med / 1e9,
                     "compile_s": max(warm[i] - med, 0.0) if variant == "compile" else None,
                     "rel_err": rel_err(outputs[i], outputs[ref])
@@ -466,8 +511,8 @@ def peak_tflops(args: argparse.Namespace, device: torch.device, variant: str) ->
 
 
 def format_table(rows: list[dict], args: argparse.Namespace) -> str:
-    head = "| work | device | impl | variant | batch | ms | images/s | x OpenAI | peak MiB | GFLOP/s | MFU | "
-    head += "compile s | rel err |"
+    head = "| work | device | impl | variant | batch | ms | sys ms | images/s | x OpenAI | peak MiB | "
+    head += "GFLOP/s | MFU | compile s | rel err |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         peak = peak_tflops(args, torch.device(r["device"]), r["variant"])
@@ -477,17 +522,53 @@ def format_table(rows: list[dict], args: argparse.Namespace) -> str:
         err = f"{r['rel_err']:.1e}" if r["rel_err"] is not None and r["impl"] != "openai" else "-"
         lines.append(
             f"| {r['work']} | {r['device']} | {r['impl']} | {r['variant']} | {r['batch']} | {r['ms']:.0f} | "
-            f"{r['img_s']:.2f} | {x} | {r['peak_MiB']:.0f} | {r['gflop_s']:.1f} | {mfu} | {comp} | {err} |"
+            f"{r['sys_ms']:.0f} | {r['img_s']:.2f} | {x} | {r['peak_MiB']:.0f} | {r['gflop_s']:.1f} | "
+            f"{mfu} | {comp} | {err} |"
         )
     return "\n".join(lines)
 
 
+def keep_freed_memory() -> None:
+    """Make glibc keep freed memory for reuse: no mmap for large blocks, no trimming of the heap.
+
+    By default glibc serves large allocations with fresh mmap'd pages (above a threshold that adapts up to
+    32 MiB) and hands them back on free, so code that allocates large temporaries on every call pays for
+    page faults and zeroing, seen as kernel time (the ``sys ms`` column). With this, every call reuses
+    memory, which is what jemalloc or tcmalloc preloaded do, and the table compares computation only.
+    """
+    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(m_mmap_max, 0) == 1 and libc.mallopt(m_trim_threshold, 2**31 - 1) == 1
+    except (OSError, AttributeError):
+        ok = False
+    if not ok:
+        raise SystemExit("--keep-freed-memory needs glibc's mallopt (Linux); run without it")
+
+
+def run_isolated(argv: list[str], work: str) -> list[dict]:
+    """One work in a fresh process of this script; its rows."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "rows.json"
+        cmd = [sys.executable, str(Path(__file__).resolve()), *argv]
+        cmd += ["--works", work, "--no-isolate", "--rows-out", str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.stdout.write(proc.stdout)
+            sys.stderr.write(proc.stderr)
+            raise SystemExit(f"the {work} work failed (exit status {proc.returncode}); its output is above")
+        return json.loads(out.read_text())
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     if args.tiny:
         args.batch = args.train_batch = args.sample_batch = args.steps = 2
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.keep_freed_memory:
+        keep_freed_memory()
     works = [w for w in args.works.split(",") if w]
     unknown = set(works) - set(WORKS)
     if unknown:
@@ -505,11 +586,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     with contextlib.suppress(OSError):
         print("load average before:", Path("/proc/loadavg").read_text().strip(), flush=True)
+    if args.rows_out:  # an isolated work: its rows go back to the parent process
+        rows = [row for device in devices for row in bench_device(args, device, works)]
+        Path(args.rows_out).write_text(json.dumps(rows))
+        return rows
     rows = []
-    for device in devices:
-        rows += bench_device(args, device, works)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+    if args.isolate and len(works) > 1:
+        print(f"each work in its own process: {', '.join(works)}", flush=True)
+        for work in works:
+            rows += run_isolated(argv, work)
+        rows.sort(key=lambda r: [d.type for d in devices].index(r["device"]))  # stable: works stay in order
+    else:
+        for device in devices:
+            rows += bench_device(args, device, works)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     with contextlib.suppress(OSError):
         print("load average after:", Path("/proc/loadavg").read_text().strip(), flush=True)
     print(format_table(rows, args), flush=True)
