@@ -320,6 +320,8 @@ def log_sweep_summary(
     Returns:
         the summary run's id.
     """
+    from adm.recipes.sweep import row_setting
+
     wandb = require_wandb()
     sweep_dir = Path(sweep_dir)
     node = {k: v for k, v in node.items() if k not in ("id", "version", "save_dir")}
@@ -328,8 +330,7 @@ def log_sweep_summary(
     columns = [*_SUMMARY_COLUMNS, *metrics, "wandb_run"]
     data = []
     for row, label in zip(rows, series):
-        setting = f"{label} {float(row['guidance_scale']):g}".strip()
-        values = {**row, "setting": setting, "wandb_run": _job_run_id(row)}
+        values = {**row, "setting": row_setting(row, label), "wandb_run": _job_run_id(row)}
         data.append([_cell(values.get(c)) for c in columns])
     with open_run(
         node,

@@ -20,7 +20,7 @@ import csv
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ __all__ = [
     "format_summary",
     "plot_summary",
     "row_series",
+    "row_setting",
     "write_summary",
 ]
 
@@ -160,6 +161,14 @@ def row_series(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[str]]:
     return words, labels
 
 
+def row_setting(row: Mapping[str, Any], series_label: str) -> str:
+    """A row's name in summaries: its own "label" if it carries one, else its series label (from
+    :func:`row_series`) and guidance scale, e.g. "ddim-25 classifier 2" or just "2"."""
+    if row.get("label"):
+        return str(row["label"])
+    return f"{series_label} {float(row['guidance_scale']):g}".strip()
+
+
 def format_summary(rows: Sequence[dict[str, Any]]) -> str:
     """The rows as a plain-text table: the guidance scale, then every score that some row has ('-' where a
     row has none). When the jobs differ in more than the scale (sampler, steps, guidance kind, another
@@ -167,10 +176,7 @@ def format_summary(rows: Sequence[dict[str, Any]]) -> str:
     row's "label" (e.g. "real digits") stands in the first column instead."""
     present = [m for m in METRIC_COLUMNS if any(r.get(m) is not None for r in rows)]
     words, series = row_series(rows)
-    first = [
-        str(r["label"]) if r.get("label") else f"{label} {float(r['guidance_scale']):g}".strip()
-        for r, label in zip(rows, series)
-    ]
+    first = [row_setting(r, label) for r, label in zip(rows, series)]
     title = " ".join([*words, "scale"]) if words else "guidance scale"
     width = max([len(title), *map(len, first)])
     lines = [f"{title:>{width}}" + "".join(f" {m:>10}" for m in present)]
