@@ -210,3 +210,39 @@ def test_random_streams_gather_nothing_inside_a_training_step():
     module = SimpleNamespace(device=torch.device("cpu"), all_gather=lambda t: torch.stack([t, t]))
     RandomStreams(seed=0).on_save_checkpoint(trainer, module, checkpoint)
     assert checkpoint[RNG_KEY]["torch"].shape[0] == 2
+
+
+def _vote_on_two_ranks(rank: int, port: int, out_dir: str) -> None:
+    import json
+
+    import torch.distributed as dist
+
+    from adm.lit import RankVote
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    trainer = SimpleNamespace(world_size=2, strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    vote, decisions = RankVote(), []
+    for check in range(6):  # the flag is set on rank 1 only, from check 2 on
+        decisions.append(vote.decide(trainer, flag=rank == 1 and check >= 2))
+        if decisions[-1]:
+            break
+    last = vote.decide(trainer, flag=False)  # a new vote, finished by drain() as at the end of a run
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps([decisions, last, vote.drain()]))
+    dist.destroy_process_group()
+
+
+def test_ranks_vote_without_waiting_and_decide_at_the_same_check(tmp_path: Path):
+    """Two gloo ranks: a flag on one rank makes both decide at the next check, not before."""
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_vote_on_two_ranks, args=(port, str(tmp_path)), nprocs=2, join=True)
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for decisions, last, drained in results:
+        assert decisions == [False, False, False, True]  # set before check 2, acted on at check 3
+        assert last is False and drained is False

@@ -3,7 +3,7 @@
 from adm.lit.classifier import ClassifierModule
 from adm.lit.diffusion import DiffusionModule
 from adm.lit.optim import WarmupLinearAnneal, warmup_linear_anneal
-from adm.lit.preemption import Preempted, PreemptionCheckpoint
+from adm.lit.preemption import Preempted, PreemptionCheckpoint, RankVote
 from adm.lit.resume import EpochEndResume, RandomStreams
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "Preempted",
     "PreemptionCheckpoint",
     "RandomStreams",
+    "RankVote",
     "WarmupLinearAnneal",
     "warmup_linear_anneal",
 ]

@@ -10,9 +10,10 @@ another collective than the others: the save hangs, or is never written.
 
 :class:`PreemptionCheckpoint` takes the requeue signal over. Its handler only records that the signal came
 (safe at any point). After every optimizer step (every ``check_every_n_steps``) the ranks combine their
-flags in one all-reduce of a single number (Lightning itself broadcasts one number per batch under DDP,
-for SIGTERM), so all of them decide at the same step, even when the signal reached one rank only. Then,
-in ``on_train_batch_end``:
+flags in one all-reduce of a single number, so all of them decide at the same step, even when the signal
+reached one rank only (:class:`RankVote`). The all-reduce is read at the next check, not at once, so no
+rank waits on it: on GPUs reading it at once would hold the host until the step in flight had finished.
+A single process decides at once. Then, in ``on_train_batch_end``:
 
 1. every rank takes part in writing ``<default_root_dir>/hpc_ckpt_<n>.ckpt`` (Lightning's name and place,
    which ``ckpt_path=auto`` / ``last`` and a requeued job find, ``adm.recipes.runs.find_checkpoint``), at
@@ -42,6 +43,7 @@ import re
 import signal
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -52,7 +54,7 @@ from lightning_fabric.plugins.environments import SLURMEnvironment
 from pytorch_lightning.callbacks import Checkpoint
 from pytorch_lightning.utilities import rank_zero_warn
 
-__all__ = ["Preempted", "PreemptionCheckpoint", "any_rank", "hpc_checkpoint_path", "requeue_slurm_job"]
+__all__ = ["Preempted", "PreemptionCheckpoint", "RankVote", "hpc_checkpoint_path", "requeue_slurm_job"]
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +108,63 @@ def requeue_slurm_job() -> bool:
     return True
 
 
-def any_rank(trainer: pl.Trainer, flag: bool) -> bool:
-    """Whether `flag` is set on any rank: one all-reduce (MAX) of one number; every rank must call it."""
-    if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-        value = torch.tensor([int(flag)], dtype=torch.int32, device=trainer.strategy.root_device)
-        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
-        return bool(value.item())
-    return flag
+class RankVote:
+    """Whether a flag was set on any rank, decided alike on every rank without stalling the device.
+
+    One process: :meth:`decide` returns the flag itself. Several: each call starts an all-reduce (MAX) of
+    one number holding this rank's flag and returns the result of the previous call's, so a flag set
+    before call k is acted on at call k + 1 on every rank. On CUDA the result is copied into pinned host
+    memory behind an event; reading it then waits only for a collective that finished a step earlier,
+    never for the step in flight. Every rank must call :meth:`decide` at the same points.
+    """
+
+    def __init__(self) -> None:
+        self._pending: Callable[[], bool] | None = None
+
+    @staticmethod
+    def _distributed(trainer: pl.Trainer) -> bool:
+        dist = torch.distributed
+        return trainer.world_size > 1 and dist.is_available() and dist.is_initialized()
+
+    def decide(self, trainer: pl.Trainer, flag: bool) -> bool:
+        if not self._distributed(trainer):
+            return flag
+        if self.drain():
+            return True
+        self._pending = self._start(trainer.strategy.root_device, flag)
+        return False
+
+    def drain(self) -> bool:
+        """The result of the vote in flight (waiting for it), False when there is none."""
+        pending, self._pending = self._pending, None
+        return pending() if pending is not None else False
+
+    def discard(self) -> None:
+        """Forget the vote in flight without waiting for it (after an error)."""
+        self._pending = None
+
+    @staticmethod
+    def _start(device: torch.device, flag: bool) -> Callable[[], bool]:
+        value = torch.full((1,), int(flag), dtype=torch.int32, device=device)  # no host-to-device copy
+        work = torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX, async_op=True)
+        if device.type != "cuda":
+
+            def read() -> bool:
+                work.wait()
+                return bool(value.item())
+
+            return read
+        work.wait()  # the current stream waits for the collective; the host does not
+        host = torch.empty(1, dtype=torch.int32, pin_memory=True)
+        host.copy_(value, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+
+        def read_cuda() -> bool:
+            done.synchronize()
+            return bool(host.item())
+
+        return read_cuda
 
 
 def _signal_number(value: int | str | signal.Signals) -> signal.Signals:
@@ -141,7 +193,7 @@ class PreemptionCheckpoint(Checkpoint):
             (SIGUSR1, or SIGUSR2 under the submitit launcher). A name ("SIGUSR2", "USR2") or a number. The
             environment's signal is taken over as well, so that Lightning never saves inside its handler.
         check_every_n_steps: combine the ranks' flags every this many optimizer steps (one all-reduce of one
-            number each time).
+            number each time, read at the next check when there are several ranks).
         requeue: run ``scontrol requeue`` after writing the checkpoint (rank 0).
     """
 
@@ -161,6 +213,7 @@ class PreemptionCheckpoint(Checkpoint):
         self._mode = "idle"  # "armed" during fit, "stopped" after a pre-emption
         self._previous: dict[signal.Signals, Any] = {}
         self._last_step = -1
+        self._vote = RankVote()
 
     # --- the handler: a flag, nothing else --------------------------------------------------------------
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -229,17 +282,19 @@ class PreemptionCheckpoint(Checkpoint):
         self._last_step = step
         if step % self.check_every_n_steps or 0 < trainer.max_steps <= step:  # not now / the run is done
             return
-        if any_rank(trainer, self.received is not None):
+        if self._vote.decide(trainer, self.received is not None):
             self._preempt(trainer)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit" and self._mode == "armed":
+            self._vote.drain()  # every rank started it at the same step; the run is over either way
             self._mode = "idle"
             self._restore()
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
+        self._vote.discard()  # another rank may never complete it
         if isinstance(exception, Preempted):
             self._mode = "stopped"
         elif self._mode == "armed":
