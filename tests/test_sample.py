@@ -12,10 +12,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+from PIL import Image
 
 from adm.config import build_network
 from adm.io.files import atomic_torch_save
-from adm.io.samples import ShardLayout, ShardStore, merge_shards
+from adm.io.samples import ShardLayout, ShardStore, grid_image, merge_shards
 from adm.recipes.sample import sample
 from adm.sampling import LabelPlan, sample_seed
 
@@ -164,6 +165,9 @@ def test_two_processes_draw_what_one_draws(tiny, tmp_path, one_thread, strategy)
     np.testing.assert_array_equal(images_2, images_1)
     assert images_1.std() > 0 and not np.array_equal(images_1[0], images_1[1])
     assert (tmp_path / "one" / "grid.png").is_file() and not (tmp_path / "one" / "shards").exists()
+    with Image.open(tmp_path / "one" / "grid.png") as grid:  # no class names recorded: indices under images
+        plain = grid_image(images_1)
+        assert grid.size[0] == plain.shape[1] and grid.size[1] > plain.shape[0]
 
 
 def test_rerun_skips_finished_shards(tiny, tmp_path, one_thread):

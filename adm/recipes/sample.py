@@ -561,8 +561,8 @@ def run_rank(fabric: Fabric, cfg: dict[str, Any]) -> dict[str, Any] | None:
     images, grid_labels = read_images(store.merged_path, cfg["grid_size"])
     class_names = (store.info.get("model") or {}).get("class_names")
     captions = None
-    if cfg["grid_captions"] and grid_labels is not None and class_names:
-        captions = label_captions(grid_labels, class_names)  # each image's class name under it
+    if cfg["grid_captions"] and grid_labels is not None:
+        captions = label_captions(grid_labels, class_names)  # each image's class name (or index) under it
     save_grid(images, out_dir / "grid.png", nrow=cfg["grid_nrow"], captions=captions)
     result: dict[str, Any] = {
         "samples": str(store.merged_path),
