@@ -314,14 +314,13 @@ def log_sweep_summary(
     Args:
         node: the ``logger.wandb`` settings (``save_dir`` and ``id`` are not read: the run lives in
             `sweep_dir`, whose ``wandb_id`` keeps its id).
-        rows: :func:`adm.recipes.sweep.collect_runs`.
+        rows: :func:`adm.recipes.sweep.collect_runs`, each with its "setting" (the row's name in the
+            table, :func:`adm.recipes.sweep.row_setting`).
         series: per row, the settings other than the guidance scale that differ between jobs ("" if none).
         sweep_dir: the multirun's folder; its name is the group unless ``logger.wandb.group`` is set.
     Returns:
         the summary run's id.
     """
-    from adm.recipes.sweep import row_setting
-
     wandb = require_wandb()
     sweep_dir = Path(sweep_dir)
     node = {k: v for k, v in node.items() if k not in ("id", "version", "save_dir")}
@@ -329,8 +328,8 @@ def log_sweep_summary(
     metrics = [m for m in (*METRICS, "seconds_per_image") if any(r.get(m) is not None for r in rows)]
     columns = [*_SUMMARY_COLUMNS, *metrics, "wandb_run"]
     data = []
-    for row, label in zip(rows, series):
-        values = {**row, "setting": row_setting(row, label), "wandb_run": _job_run_id(row)}
+    for row in rows:
+        values = {**row, "wandb_run": _job_run_id(row)}
         data.append([_cell(values.get(c)) for c in columns])
     with open_run(
         node,

@@ -293,5 +293,7 @@ class SweepSummary(Callback):
 
         wandb = wandb_config(config, skip=("save_dir",))  # the summary run lives in the sweep folder
         if wandb is not None:
-            run_id = log_sweep_summary(wandb, rows, _series_labels(rows), sweep_dir, png_path)
+            series = _series_labels(rows)
+            named = [{**row, "setting": row_setting(row, label)} for row, label in zip(rows, series)]
+            run_id = log_sweep_summary(wandb, named, series, sweep_dir, png_path)
             log.info("sweep summary: W&B run %s (job_type sweep-summary) in %s", run_id, sweep_dir / "wandb")
