@@ -120,6 +120,7 @@ class RankVote:
 
     def __init__(self) -> None:
         self._pending: Callable[[], bool] | None = None
+        self._host: torch.Tensor | None = None  # pinned; free again once the vote reading it is drained
 
     @staticmethod
     def _distributed(trainer: pl.Trainer) -> bool:
@@ -143,8 +144,7 @@ class RankVote:
         """Forget the vote in flight without waiting for it (after an error)."""
         self._pending = None
 
-    @staticmethod
-    def _start(device: torch.device, flag: bool) -> Callable[[], bool]:
+    def _start(self, device: torch.device, flag: bool) -> Callable[[], bool]:
         value = torch.full((1,), int(flag), dtype=torch.int32, device=device)  # no host-to-device copy
         work = torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX, async_op=True)
         if device.type != "cuda":
@@ -155,7 +155,9 @@ class RankVote:
 
             return read
         work.wait()  # the current stream waits for the collective; the host does not
-        host = torch.empty(1, dtype=torch.int32, pin_memory=True)
+        if self._host is None:
+            self._host = torch.empty(1, dtype=torch.int32, pin_memory=True)
+        host = self._host
         host.copy_(value, non_blocking=True)
         done = torch.cuda.Event()
         done.record()
