@@ -1,4 +1,5 @@
-"""Shared fixtures: the golden data from OpenAI's reference code, the repository root, small helpers."""
+"""Shared fixtures: the golden data from OpenAI's reference code, the repository root, one CPU thread,
+small helpers."""
 
 from __future__ import annotations
 
@@ -43,3 +44,15 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.fixture(scope="session")
 def rel_error():
     return rel_err
+
+
+@pytest.fixture
+def one_thread(monkeypatch):
+    """One CPU thread here and in spawned processes (OMP_NUM_THREADS): tiny networks gain nothing from a
+    second thread, on a busy machine the threads wait for each other, and 1 and 2 processes then do
+    identical arithmetic."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -29,12 +29,7 @@ def process(schedule: str = "linear", mean_type: str = "epsilon", var_type: str 
     )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def oracle(diffusion: GaussianDiffusion, mean_type: str = "epsilon", learn_sigma: bool = False):

@@ -64,15 +64,6 @@ def _trainer(tmp_path: Path, callbacks: list, max_steps: int, **kwargs) -> pl.Tr
     )  # fmt: skip
 
 
-@pytest.fixture
-def one_thread(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_fid_of_ema_samples_matches_direct_computation(tmp_path, one_thread):
     module, fid, data = _module(lr=1e-3), _callback(every_n_steps=2, num_samples=10), _data()
     trainer = _trainer(tmp_path, [EMA(rates=[0.9], warmup=True), fid], max_steps=3)

@@ -23,12 +23,7 @@ QUIET_CLS = ["logger=csv", "callbacks.progress_bar.refresh_rate=0", "trainer.ena
 QUIET = [*QUIET_CLS, "callbacks.sample_grid=null"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def make_folder(root: Path, classes: int, per_class: int = 4, size: int = 8) -> Path:

@@ -147,15 +147,6 @@ def sample_grid(tmp_path: Path, **kwargs) -> SampleGrid:
     return SampleGrid(**{**options, **kwargs})
 
 
-@pytest.fixture
-def one_thread(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def grid_lines(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.getMessage().startswith("Sample grid (step")]
 

@@ -10,13 +10,7 @@ from adm.diffusion import LossType, ModelMeanType, ModelVarType
 from adm.sampling import PerSampleNoise, ddpm_sample
 from adm.sampling.noise import sample_seed
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

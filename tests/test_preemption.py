@@ -15,12 +15,14 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from test_resume import REPO, _Linear, _same
-from test_train import one_thread, read_ckpt  # noqa: F401  (one_thread: autouse)
+from test_train import read_ckpt
 
 from adm.io.checkpoint import LastCheckpoint
 from adm.lit import EpochEndResume, Preempted, PreemptionCheckpoint, RandomStreams
 from adm.lit.preemption import hpc_checkpoint_path
 from adm.lit.resume import RNG_KEY
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 JOB_ID = "4242"
 # 12 training digits, 4 per step: 3 steps per epoch; the runs end in a fresh epoch (as in test_resume: the

@@ -82,13 +82,7 @@ def trainer(tmp_path: Path, bar: TQDMProgressBar, **kwargs) -> pl.Trainer:
     return pl.Trainer(**options)
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def final_line(text: str) -> str:

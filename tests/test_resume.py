@@ -24,7 +24,9 @@ from adm.lit.resume import between_epochs, capture_rng_state, restore_rng_state
 from adm.recipes.train import train, train_classifier
 
 REPO = Path(__file__).resolve().parents[1]
-from test_train import FAST, FAST_CLS, compose_cfg, one_thread, read_ckpt  # noqa: E402, F401  (one_thread: autouse)
+from test_train import FAST, FAST_CLS, compose_cfg, read_ckpt  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _same(a, b, where: str = "") -> None:

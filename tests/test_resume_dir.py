@@ -15,7 +15,9 @@ from adm.recipes.runs import UsageError, expand_resume
 from adm.recipes.train import train
 
 REPO = Path(__file__).resolve().parents[1]
-from test_train import FAST, compose_cfg, one_thread, read_ckpt  # noqa: E402, F401  (one_thread: autouse)
+from test_train import FAST, compose_cfg, read_ckpt  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 QUIET = ["callbacks.sample_grid=null", "callbacks.model_checkpoint=null"]
 

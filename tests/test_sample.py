@@ -82,16 +82,6 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     return write_tiny_checkpoints(tmp_path_factory.mktemp("tiny_ckpts"))
 
 
-@pytest.fixture
-def one_thread(monkeypatch):
-    """Same thread count in this process and in spawned ones, so 1 and 2 processes do identical arithmetic."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def compose_sample(overrides: list[str], out_dir: Path) -> DictConfig:
     with initialize_config_dir(config_dir=str(REPO / "adm" / "conf"), version_base="1.3"):
         return compose("sample", overrides=[*overrides, f"paths.output_dir={out_dir}"])

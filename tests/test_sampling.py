@@ -25,12 +25,7 @@ def process(schedule: str, var_type: str = "learned_range") -> GaussianDiffusion
     )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small tensors: threads only add overhead (a lot on a busy machine)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def gaussian_oracle(diffusion: GaussianDiffusion):

@@ -19,13 +19,7 @@ FAST = ["data.image_size=8", "batch_size=4", "model.channel_mult=[1,2]"]
 FAST_CLS = ["data.image_size=8", "batch_size=4", "classifier.channel_mult=[1,2]"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks gain nothing from a second thread; on a busy machine the threads wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def compose_cfg(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:

@@ -19,7 +19,9 @@ from adm.callbacks import EMA
 from adm.recipes.train import train
 
 REPO = Path(__file__).resolve().parents[1]
-from test_train import FAST, compose_cfg, one_thread, read_ckpt  # noqa: E402, F401  (one_thread: autouse)
+from test_train import FAST, compose_cfg, read_ckpt  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def test_ddp_two_cpu_processes_keep_the_global_batch(tmp_path: Path):

@@ -21,7 +21,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
-from test_sample import FAST, load_npz, one_thread, run, write_tiny_checkpoints  # noqa: F401 (one_thread)
+from test_sample import FAST, load_npz, run, write_tiny_checkpoints
 
 from adm.io.files import atomic_torch_save
 from adm.metrics import DomainClassifier
@@ -34,7 +34,7 @@ from wandb.proto import wandb_internal_pb2  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["zero", "one", "two"]
-pytestmark = pytest.mark.usefixtures("one_thread")  # test_sample's: one thread here and in spawned jobs
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one thread here and in spawned jobs
 
 
 # --- reading an offline run ---------------------------------------------------------------------------------
