@@ -56,3 +56,26 @@ def one_thread(monkeypatch):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def slurm_task(monkeypatch):
+    """``slurm_task(job_id, ntasks=1)``: this process becomes task 0 of a SLURM job on this machine (as
+    srun starts it, so Lightning detects SLURM); SLURM and submitit variables from outside are removed."""
+
+    def enter(job_id: str, ntasks: int = 1) -> None:
+        for key in [k for k in os.environ if k.startswith(("SLURM_", "SUBMITIT_"))]:
+            monkeypatch.delenv(key)
+        for key, value in {
+            "SLURM_JOB_ID": job_id,
+            "SLURM_JOB_NAME": "adm-train",
+            "SLURM_NTASKS": str(ntasks),
+            "SLURM_NTASKS_PER_NODE": "1",
+            "SLURM_PROCID": "0",
+            "SLURM_LOCALID": "0",
+            "SLURM_NODEID": "0",
+            "SLURM_NODELIST": "localhost",
+        }.items():
+            monkeypatch.setenv(key, value)
+
+    return enter

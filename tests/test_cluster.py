@@ -177,28 +177,14 @@ def test_two_node_job_is_preempted_requeued_and_continues(tmp_path: Path):
     assert (tmp_path / "slurm" / "scontrol").read_text().split() == ["requeue", JOB_ID]
 
 
-def _slurm_task_env(monkeypatch: pytest.MonkeyPatch, ntasks: int) -> None:
-    for key, value in {
-        "SLURM_JOB_ID": JOB_ID,
-        "SLURM_JOB_NAME": "adm-sample",
-        "SLURM_NTASKS": str(ntasks),
-        "SLURM_NTASKS_PER_NODE": "1",
-        "SLURM_PROCID": "0",
-        "SLURM_LOCALID": "0",
-        "SLURM_NODEID": "0",
-        "SLURM_NODELIST": "localhost",
-    }.items():
-        monkeypatch.setenv(key, value)
-
-
-def test_sampling_under_srun_joins_the_tasks_the_cluster_started(monkeypatch: pytest.MonkeyPatch):
+def test_sampling_under_srun_joins_the_tasks_the_cluster_started(monkeypatch: pytest.MonkeyPatch, slurm_task):
     settings = dict(accelerator="cpu", devices=1, num_nodes=2, strategy="auto", precision="32-true")
     for key in [k for k in os.environ if k.startswith("SLURM_")]:
         monkeypatch.delenv(key)
     # started by hand: one spawned process per device
     assert build_fabric(settings)._strategy.launcher.__class__.__name__ == "_MultiProcessingLauncher"
     # under srun: DDP over the tasks SLURM started, nothing spawned
-    _slurm_task_env(monkeypatch, 2)
+    slurm_task(JOB_ID, ntasks=2)
     fabric = build_fabric(settings)
     assert type(fabric._strategy).__name__ == "DDPStrategy"
     env = fabric._strategy.cluster_environment
@@ -232,13 +218,13 @@ def test_submitit_launcher_takes_nodes_and_gpus_from_the_trainer():
     assert launcher.signal_delay_s == 90
 
 
-def test_submitit_jobs_hand_their_warning_signal_to_lightning(monkeypatch: pytest.MonkeyPatch):
+def test_submitit_jobs_hand_their_warning_signal_to_lightning(monkeypatch: pytest.MonkeyPatch, slurm_task):
     from adm.recipes.runs import cluster_plugins
 
     for key in [k for k in os.environ if k.startswith(("SLURM_", "SUBMITIT_"))]:
         monkeypatch.delenv(key)
     assert cluster_plugins() == []  # off SLURM
-    _slurm_task_env(monkeypatch, 2)
+    slurm_task(JOB_ID, ntasks=2)
     assert cluster_plugins() == []  # sbatch + srun: Lightning's own SIGUSR1 handling
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
     previous = signal.signal(signal.SIGUSR2, lambda *a: None)  # submitit's handler

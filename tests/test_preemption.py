@@ -52,21 +52,9 @@ def restore_signals():
 
 
 @pytest.fixture
-def slurm_job(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, restore_signals) -> Path:
+def slurm_job(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, restore_signals, slurm_task) -> Path:
     """One SLURM task (Lightning detects SLURM); `scontrol` records its arguments in the returned file."""
-    for key in [k for k in os.environ if k.startswith(("SLURM_", "SUBMITIT_"))]:
-        monkeypatch.delenv(key)
-    for key, value in {
-        "SLURM_JOB_ID": JOB_ID,
-        "SLURM_JOB_NAME": "adm-train",
-        "SLURM_NTASKS": "1",
-        "SLURM_NTASKS_PER_NODE": "1",
-        "SLURM_PROCID": "0",
-        "SLURM_LOCALID": "0",
-        "SLURM_NODEID": "0",
-        "SLURM_NODELIST": "localhost",
-    }.items():
-        monkeypatch.setenv(key, value)
+    slurm_task(JOB_ID)
     bin_dir, record = tmp_path / "bin", tmp_path / "scontrol_calls"
     bin_dir.mkdir()
     scontrol = bin_dir / "scontrol"
