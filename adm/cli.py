@@ -1,5 +1,5 @@
 """Command-line entry points: one Hydra main per recipe, used by ``scripts/*.py`` and the ``adm-*`` console
-scripts alike (``pyproject.toml``). Configs are composed from the package's own ``adm/conf``.
+scripts alike (``pyproject.toml``). Configs are composed from the package's own ``conf/``.
 
     adm-train experiment=smoke                 # == python scripts/train.py experiment=smoke
     adm-sample ckpt=last.ckpt num_samples=64   # == python scripts/sample.py ...
@@ -21,11 +21,12 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from adm.recipes.runs import UsageError, expand_resume
+from adm.errors import UsageError
+from adm.recipes.runs import expand_resume
 
 log = logging.getLogger("adm")
 
-_CONF = "conf"  # relative to this file: adm/conf
+_CONF = "conf"  # relative to this file: conf
 _VERSION = "1.3"
 
 

@@ -1,4 +1,4 @@
-"""The package's Hydra configs (``adm/conf``), composed and instantiated with Hydra's own machinery.
+"""The package's Hydra configs (``conf/``), composed and instantiated with Hydra's own machinery.
 
 A network preset is a file of the ``model`` or ``classifier`` group. It names the network class
 (``_target_``) and its architecture, takes the image size, channels and class count from the data it was
@@ -68,7 +68,7 @@ def compose_config(config_name: str, overrides: Sequence[str] = (), hydra_node: 
     """Compose a config of the package as its script would: ``compose_config("train", ["experiment=smoke"])``.
 
     Args:
-        config_name: a primary config of ``adm/conf`` ("train", "sample", ...).
+        config_name: a primary config of ``conf/`` ("train", "sample", ...).
         overrides: command-line style overrides.
         hydra_node: keep the ``hydra`` node (``cfg.hydra.runtime.choices`` names the chosen group options).
     """

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,9 @@ from typing import Any
 import numpy as np
 from omegaconf import OmegaConf
 
+from adm.errors import WandbMissingError
 from adm.io.samples import label_captions
 from adm.metrics.names import METRIC_TABLE, METRICS
-from adm.recipes.runs import UsageError, wandb_run_id
 
 __all__ = [
     "METRIC_PREFIX",
@@ -62,8 +63,18 @@ _LIGHTNING_ONLY = frozenset(
 )
 
 
-class WandbMissingError(UsageError):
-    """``logger=wandb`` without the ``wandb`` package."""
+def wandb_run_id(output_dir: Path) -> str:
+    """The W&B run id of this run directory (``output_dir/wandb_id``), created once and reused on resume."""
+    path = output_dir / "wandb_id"
+    if not path.is_file():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        new = os.urandom(4).hex()
+        try:
+            with open(path, "x") as f:  # the first process to get here wins; the others read its id
+                f.write(new)
+        except FileExistsError:
+            pass
+    return path.read_text().strip()
 
 
 def require_wandb() -> Any:

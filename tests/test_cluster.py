@@ -113,8 +113,8 @@ def test_two_node_job_is_preempted_requeued_and_continues(tmp_path: Path):
         "trainer.max_steps=100",
         "callbacks.sample_grid=null",
         "callbacks.model_checkpoint=null",
-        # SLURM's warning handled between two steps by all ranks together (adm.lit.PreemptionCheckpoint)
-        "++callbacks.preemption._target_=adm.lit.PreemptionCheckpoint",
+        # SLURM's warning handled between two steps by all ranks together (adm.callbacks.PreemptionCheckpoint)
+        "++callbacks.preemption._target_=adm.callbacks.PreemptionCheckpoint",
     ]
     sbatch = ["bash", str(REPO / "scripts" / "slurm" / "train.sbatch"), *overrides]
     run_dir = tmp_path / "runs" / "smoke" / JOB_ID
@@ -193,7 +193,7 @@ def test_sampling_under_srun_joins_the_tasks_the_cluster_started(monkeypatch: py
 
 
 def _compose_train(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(REPO / "adm" / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return compose("train", overrides=overrides, return_hydra_config=True)
 
 

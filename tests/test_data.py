@@ -25,7 +25,7 @@ from adm.data import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-CONF_DATA = REPO / "adm" / "conf" / "data"
+CONF_DATA = REPO / "conf" / "data"
 
 
 def mnist5k(**overrides) -> MNIST5kDataModule:
@@ -485,7 +485,7 @@ def test_configs_name_every_constructor_argument(monkeypatch, tmp_path):
 
     assert {p.stem for p in CONF_DATA.glob("*.yaml")} == set(CONFIG_CLASSES)
     monkeypatch.setenv("ADM_DATA_DIR", str(tmp_path))
-    with initialize_config_dir(config_dir=str(REPO / "adm" / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         for name, cls in CONFIG_CLASSES.items():
             cfg = compose(overrides=[f"+data={name}"]).data
             assert get_class(cfg._target_) is cls
@@ -506,7 +506,7 @@ def test_configs_instantiate(monkeypatch, tmp_path, tree):
     (tmp_path / "imagenet").mkdir()
     (tmp_path / "imagenet" / "train").symlink_to(tree)
     monkeypatch.setenv("ADM_DATA_DIR", str(tmp_path))
-    with initialize_config_dir(config_dir=str(REPO / "adm" / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         dm = instantiate(compose(overrides=["+data=mnist5k", "data.batch_size=8"]).data)
         assert (type(dm), dm.num_classes, dm.batch_size, dm.image_size) == (MNIST5kDataModule, 10, 8, 28)
         two = ["data.batch_size=4", "data.num_classes=2"]  # the test folder holds 2 of ImageNet's classes

@@ -22,7 +22,7 @@ from adm.recipes.demo import best_row, real_digits, sample_scales, train_network
 from adm.recipes.sample import sample
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = str(REPO / "adm" / "conf")
+CONF = str(REPO / "conf")
 SCORES = ("accuracy", "fid", "precision", "recall")
 
 

@@ -387,7 +387,7 @@ def test_loss_second_moment_sampler_is_unbiased_and_resumes_exactly():
 )
 @pytest.mark.parametrize("learn_sigma", [True, False])
 def test_diffusion_configs_instantiate(repo_root, name, schedule, mean_type, learn_sigma):
-    cfg = OmegaConf.load(repo_root / "adm" / "conf" / "diffusion" / f"{name}.yaml")
+    cfg = OmegaConf.load(repo_root / "conf" / "diffusion" / f"{name}.yaml")
     cfg = OmegaConf.merge({"model": {"learn_sigma": learn_sigma}}, {"diffusion": cfg})
     d = instantiate(cfg.diffusion)
     assert isinstance(d, GaussianDiffusion) and d.num_timesteps == 1000 and d.schedule == schedule

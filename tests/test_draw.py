@@ -45,7 +45,7 @@ from adm.sampling import (
 from adm.sampling.noise import generator_seed
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = str(REPO / "adm" / "conf")
+CONF = str(REPO / "conf")
 
 # 8x8 grey images, 3 classes: a checkpoint that samples in a fraction of a second on one CPU thread.
 TINY_UNET = dict(

@@ -136,7 +136,7 @@ def test_size_or_channel_mismatch_is_an_error(tmp_path: Path, size: int, mode: s
 
 
 def compose_evaluate(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(REPO / "adm" / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return compose("evaluate", overrides=overrides)
 
 
@@ -185,7 +185,7 @@ def test_make_reference_writes_images_and_labels(tmp_path: Path):
     from adm.recipes.evaluate import make_reference
 
     folder = write_folder(tmp_path / "imgs", 12)
-    with initialize_config_dir(config_dir=str(REPO / "adm" / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(
             "make_reference",
             [
@@ -206,7 +206,7 @@ def test_make_reference_checks_inception_weights_first(tmp_path: Path, monkeypat
     from adm.recipes.evaluate import make_reference
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    with initialize_config_dir(config_dir=str(REPO / "adm" / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(
             "make_reference",
             [f"folder={tmp_path / 'nowhere'}", "image_size=8", f"inception_weights={tmp_path / 'no.pth'}"],
@@ -242,7 +242,7 @@ def tiny_checkpoint(path: Path) -> Path:
 def run_sample(overrides: list[str], out_dir: Path) -> dict:
     from adm.recipes.sample import sample
 
-    with initialize_config_dir(config_dir=str(REPO / "adm" / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("sample", overrides=[*overrides, f"paths.output_dir={out_dir}", f"out_dir={out_dir}"])
     return sample(cfg)
 

@@ -116,7 +116,7 @@ def test_callback_config_builds(tmp_path):
     DomainClassifier(in_channels=1, image_size=28, num_classes=10, width=4).save(tmp_path / "domain.pt")
     overrides = ["callbacks=[default,fid]", "callbacks.fid.feature_extractor.kind=domain",
                  f"callbacks.fid.feature_extractor.domain_ckpt={tmp_path / 'domain.pt'}"]  # fmt: skip
-    with initialize_config_dir(config_dir=str(REPO / "adm" / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     names = list(cfg.callbacks)
     assert names.index("ema") < names.index("fid")  # the EMA is updated before the callback samples from it

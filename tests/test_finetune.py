@@ -49,7 +49,7 @@ def folder_data(path: Path, classes: int) -> list[str]:
 
 
 def compose_cfg(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
-    with initialize_config_dir(config_dir=str(REPO / "adm" / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return compose(config_name, overrides=[*overrides, f"paths.output_dir={output_dir}"])
 
 

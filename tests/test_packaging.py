@@ -1,4 +1,4 @@
-"""The package installs as a plain wheel and runs without the source tree: its configs (adm/conf, with the
+"""The package installs as a plain wheel and runs without the source tree: its configs (conf, with the
 per-script experiment roots) ship inside it and resolve from any working directory."""
 
 from __future__ import annotations
@@ -36,13 +36,13 @@ def test_wheel_installs_and_composes_its_configs_outside_the_source_tree(tmp_pat
     (wheel,) = wheels.glob("adm-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for path in (
-        "adm/conf/train.yaml",
-        "adm/conf/presets.yaml",
-        "adm/conf/model/adm_u_64.yaml",
-        "adm/conf/data/imagenet64.yaml",
-        "adm/conf/experiments/train/experiment/smoke.yaml",
-        "adm/conf/experiments/train_classifier/experiment/smoke.yaml",
-        "adm/conf/experiments/train_superres/experiment/sr_mnist.yaml",
+        "conf/train.yaml",
+        "conf/presets.yaml",
+        "conf/model/adm_u_64.yaml",
+        "conf/data/imagenet64.yaml",
+        "conf/experiments/train/experiment/smoke.yaml",
+        "conf/experiments/train_classifier/experiment/smoke.yaml",
+        "conf/experiments/train_superres/experiment/sr_mnist.yaml",
     ):
         assert path in names, f"{path} is not in {wheel.name}"
 

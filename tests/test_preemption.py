@@ -1,5 +1,5 @@
-"""SLURM pre-emption (adm.lit.preemption): the warning signal sets a flag, the checkpoint is written after the
-step it interrupted, the job is requeued once, training stops, and the continuation is bit-exact."""
+"""SLURM pre-emption (adm.callbacks.preemption): the warning signal sets a flag, the checkpoint is written
+after the step it interrupted, the job is requeued once, training stops, and the continuation is bit-exact."""
 
 from __future__ import annotations
 
@@ -17,10 +17,9 @@ from hydra.utils import instantiate
 from test_resume import REPO, _Linear, _same
 from test_train import read_ckpt
 
-from adm.io.checkpoint import LastCheckpoint
-from adm.lit import EpochEndResume, Preempted, PreemptionCheckpoint, RandomStreams
-from adm.lit.preemption import hpc_checkpoint_path
-from adm.lit.resume import RNG_KEY
+from adm.callbacks import EpochEndResume, LastCheckpoint, Preempted, PreemptionCheckpoint, RandomStreams
+from adm.callbacks.preemption import hpc_checkpoint_path
+from adm.callbacks.resume import RNG_KEY
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
@@ -71,7 +70,7 @@ def _fit(
     ckpt_path: str | None = None,
     plugins: list | None = None,
 ) -> tuple[pl.Trainer, PreemptionCheckpoint]:
-    with initialize_config_dir(config_dir=str(REPO / "adm" / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(overrides=["+data=mnist5k", "data.image_size=8", "data.batch_size=4"])
     pl.seed_everything(0)
     datamodule = instantiate(cfg.data, val_fraction=0.9976)  # 12 training digits: 3 batches per epoch
@@ -207,7 +206,7 @@ def _vote_on_two_ranks(rank: int, port: int, out_dir: str) -> None:
 
     import torch.distributed as dist
 
-    from adm.lit import RankVote
+    from adm.callbacks import RankVote
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     trainer = SimpleNamespace(world_size=2, strategy=SimpleNamespace(root_device=torch.device("cpu")))

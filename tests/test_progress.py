@@ -20,7 +20,7 @@ from adm.diffusion import GaussianDiffusion, UniformSampler
 from adm.lit import DiffusionModule
 from adm.nn import UNet
 
-CONF = str(Path(__file__).resolve().parents[1] / "adm" / "conf")
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 class TinyModule(DiffusionModule):

@@ -18,9 +18,9 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DistributedSampler, TensorDataset
 
+from adm.callbacks.resume import between_epochs, capture_rng_state, restore_rng_state
 from adm.data import ShardSampler, resumable_loader
 from adm.io.checkpoint import check_plain
-from adm.lit.resume import between_epochs, capture_rng_state, restore_rng_state
 from adm.recipes.train import train, train_classifier
 
 REPO = Path(__file__).resolve().parents[1]
@@ -300,10 +300,9 @@ def _fit_by_epochs(run_dir: Path, max_epochs: int, ckpt_path: str | None = None)
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from adm.io.checkpoint import LastCheckpoint
-    from adm.lit import EpochEndResume, RandomStreams
+    from adm.callbacks import EpochEndResume, LastCheckpoint, RandomStreams
 
-    with initialize_config_dir(config_dir=str(REPO / "adm" / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(overrides=["+data=mnist5k", "data.image_size=8", "data.batch_size=4"])
     pl.seed_everything(0)
     datamodule = instantiate(cfg.data, val_fraction=0.9976)  # 12 training digits: 3 batches per epoch
@@ -401,7 +400,7 @@ def test_each_rank_restores_its_own_random_streams():
     """A 2-process checkpoint: rank 1 must get rank 1's saved streams (its row is a view at an offset)."""
     from types import SimpleNamespace
 
-    from adm.lit.resume import RNG_KEY, RandomStreams, capture_rng_state
+    from adm.callbacks.resume import RNG_KEY, RandomStreams, capture_rng_state
 
     torch.manual_seed(10)
     rank0 = capture_rng_state(cuda=False)

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from adm.recipes.runs import UsageError, expand_resume
+from adm.errors import UsageError
+from adm.recipes.runs import expand_resume
 from adm.recipes.train import train
 
 REPO = Path(__file__).resolve().parents[1]

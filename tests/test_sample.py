@@ -83,7 +83,7 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
 
 
 def compose_sample(overrides: list[str], out_dir: Path) -> DictConfig:
-    with initialize_config_dir(config_dir=str(REPO / "adm" / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return compose("sample", overrides=[*overrides, f"paths.output_dir={out_dir}"])
 
 

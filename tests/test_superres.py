@@ -48,7 +48,7 @@ TINY = [
 
 
 def compose_cfg(config_name: str, overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=str(REPO / "adm" / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return compose(config_name, overrides=overrides)
 
 
@@ -434,7 +434,7 @@ def test_base_then_upsample_on_cpu(trained_sr: Path, tmp_path: Path):
         "trainer.accelerator=cpu",
     ]
     two_stage = tmp_path / "two_stage"
-    with initialize_config_dir(config_dir=str(REPO / "adm" / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(
             "upsample",
             overrides=[
@@ -459,7 +459,7 @@ def test_base_then_upsample_on_cpu(trained_sr: Path, tmp_path: Path):
 
     # Upsampling the saved base file again, in other batches: the same images (per-sample seeds).
     again = tmp_path / "again"
-    with initialize_config_dir(config_dir=str(REPO / "adm" / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(
             "upsample",
             overrides=[

@@ -85,7 +85,7 @@ def test_summary_as_text():
 
 
 def test_sweep_config_composes():
-    with initialize_config_dir(config_dir=str(REPO / "adm" / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("sample", overrides=["sweep=guidance_scale"], return_hydra_config=True)
     assert cfg.hydra.sweeper.params["guidance.scale"] == "0,0.5,1,2,4,10"
     assert cfg.hydra.callbacks.sweep_summary._target_ == "adm.recipes.sweep.SweepSummary"

@@ -215,7 +215,7 @@ def test_load_checkpoint_rejects_foreign_corrupt_and_unsafe_files(tmp_path: Path
 
 
 # --- experiment configs -------------------------------------------------------------------------------------
-CONF = REPO / "adm" / "conf"
+CONF = REPO / "conf"
 SCRIPTS = ("train", "train_classifier", "train_superres")
 
 

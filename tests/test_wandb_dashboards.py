@@ -23,10 +23,10 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 from test_sample import FAST, load_npz, run, write_tiny_checkpoints
 
+from adm.errors import UsageError
 from adm.io.files import atomic_torch_save
 from adm.metrics import DomainClassifier
 from adm.recipes.evaluate import evaluate_samples
-from adm.recipes.runs import UsageError
 from adm.recipes.sweep import format_summary
 
 wandb = pytest.importorskip("wandb")
@@ -274,7 +274,7 @@ def test_evaluation_logs_its_scores(scoring, tmp_path):
     overrides = [f"samples={samples}", f"reference={scoring['reference']}", "feature_extractor=domain",
                  f"domain_ckpt={scoring['domain']}", "progress=false", "logger=wandb", "tags=[eval]",
                  f"paths.output_dir={out}"]  # fmt: skip
-    with initialize_config_dir(config_dir=str(REPO / "adm" / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("evaluate", overrides=overrides)
     results = evaluate_samples(cfg)
     (folder,) = offline_runs(out)
@@ -377,7 +377,7 @@ def test_missing_wandb_is_one_clear_error_before_sampling(tiny, scoring, tmp_pat
     overrides = [f"samples={scoring['reference']}", f"reference={scoring['reference']}", "logger=wandb",
                  "feature_extractor=domain", f"domain_ckpt={scoring['domain']}", "progress=false",
                  f"paths.output_dir={tmp_path / 'eval'}"]  # fmt: skip
-    with initialize_config_dir(config_dir=str(REPO / "adm" / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("evaluate", overrides=overrides)
     with pytest.raises(UsageError, match="pip install wandb"):
         evaluate_samples(cfg)

@@ -26,6 +26,11 @@ from tqdm.auto import tqdm
 from adm.compat.models import create_classifier, create_model, diffusion_defaults, sr_create_model
 from adm.diffusion import losses
 from adm.diffusion.gaussian import GaussianDiffusion as _Core
+from adm.diffusion.openai_flags import (
+    legacy_diffusion_config,
+    process_config,
+    process_kwargs,
+)
 from adm.diffusion.schedules import named_beta_schedule, respaced_betas
 from adm.diffusion.spacing import Spacing
 from adm.diffusion.types import LossType, ModelMeanType, ModelVarType
@@ -68,62 +73,12 @@ def get_named_beta_schedule(schedule_name: str, num_diffusion_timesteps: int) ->
     return named_beta_schedule(schedule_name, num_diffusion_timesteps).numpy()
 
 
-# --- OpenAI's flags in our vocabulary (the only place that maps them) -------------------------------------
-def process_kwargs(
-    *,
-    steps: int,
-    noise_schedule: str,
-    learn_sigma: bool,
-    sigma_small: bool,
-    predict_xstart: bool,
-    use_kl: bool,
-    rescale_learned_sigmas: bool,
-    rescale_timesteps: bool,
-) -> dict[str, Any]:
-    """OpenAI's diffusion flags as the keyword arguments of ``adm.diffusion.GaussianDiffusion.from_schedule``.
-
-    learn_sigma -> var_type LEARNED_RANGE (else FIXED_SMALL with sigma_small, FIXED_LARGE without);
-    predict_xstart -> mean_type START_X (else EPSILON); use_kl -> loss_type RESCALED_KL, else RESCALED_MSE
-    with rescale_learned_sigmas, else MSE.
-    """
-    if use_kl:
-        loss_type = LossType.RESCALED_KL
-    elif rescale_learned_sigmas:
-        loss_type = LossType.RESCALED_MSE
-    else:
-        loss_type = LossType.MSE
-    if learn_sigma:
-        var_type = ModelVarType.LEARNED_RANGE
-    else:
-        var_type = ModelVarType.FIXED_SMALL if sigma_small else ModelVarType.FIXED_LARGE
-    return dict(
-        schedule=noise_schedule,
-        steps=int(steps),
-        mean_type=ModelMeanType.START_X if predict_xstart else ModelMeanType.EPSILON,
-        var_type=var_type,
-        loss_type=loss_type,
-        rescale_timesteps=bool(rescale_timesteps),
-    )
-
-
-_PROCESS_TARGET = "adm.diffusion.GaussianDiffusion.from_schedule"
-
-
-def _as_config(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """Plain config (``conf/diffusion/*.yaml`` layout) of :func:`process_kwargs`' result."""
-    plain = {
-        k: (v.value if isinstance(v, ModelMeanType | ModelVarType | LossType) else v)
-        for k, v in kwargs.items()
-    }
-    return {"_target_": _PROCESS_TARGET, **plain}
-
-
 def diffusion_config(flags: Mapping[str, Any]) -> dict[str, Any]:
     """Our diffusion config for OpenAI's MODEL_FLAGS / DIFFUSION_FLAGS (parsed; missing flags take OpenAI's
     defaults; flags that do not describe the process are ignored). ``timestep_respacing`` is a sampler
     setting, not part of the process: it is not in the result."""
     values = {**diffusion_defaults(), **{k: v for k, v in flags.items() if k in diffusion_defaults()}}
-    return _as_config(
+    return process_config(
         process_kwargs(
             steps=values["diffusion_steps"],
             noise_schedule=values["noise_schedule"],
@@ -135,36 +90,6 @@ def diffusion_config(flags: Mapping[str, Any]) -> dict[str, Any]:
             rescale_timesteps=values["rescale_timesteps"],
         )
     )
-
-
-LEGACY_TARGET = "adm.diffusion.create_diffusion"
-# Defaults of the flag-style factory that checkpoints written before our own vocabulary name.
-_LEGACY_DEFAULTS = dict(
-    sigma_small=False,
-    predict_xstart=False,
-    use_kl=False,
-    rescale_learned_sigmas=True,
-    rescale_timesteps=False,
-)
-
-
-def legacy_diffusion_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Translate a checkpoint's flag-style diffusion config (``_target_: adm.diffusion.create_diffusion``,
-    ``steps``, ``noise_schedule``, ``learn_sigma``, ...) into our own (``conf/diffusion/*.yaml``)."""
-    values = {k: v for k, v in cfg.items() if k != "_target_"}
-    if values.pop("timestep_respacing", None) not in (None, ""):
-        raise ValueError(
-            "the checkpoint's diffusion config respaces the training process (timestep_respacing); "
-            "respacing is a sampler setting: remove it from the config"
-        )
-    missing = [k for k in ("steps", "noise_schedule", "learn_sigma") if k not in values]
-    unknown = sorted(set(values) - {"steps", "noise_schedule", "learn_sigma", *_LEGACY_DEFAULTS})
-    if missing or unknown:
-        raise ValueError(
-            f"cannot read the checkpoint's diffusion config {dict(cfg)}: "
-            + (f"missing {missing}" if missing else f"unknown keys {unknown}")
-        )
-    return _as_config(process_kwargs(**{**_LEGACY_DEFAULTS, **values}))
 
 
 def parse_timestep_respacing(value: str | int | Sequence[int] | None) -> Spacing | None:

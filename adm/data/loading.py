@@ -11,7 +11,7 @@
   ``loader.load_state_dict(state)`` makes the next ``iter(loader)`` continue from there. Lightning saves and
   restores this state with every checkpoint by itself (``loops.fit_loop.state_dict.combined_loader``);
 - a state saved after the last batch of an epoch loads as the start of the next epoch (the loop counters of
-  such checkpoints: :class:`adm.lit.EpochEndResume`).
+  such checkpoints: :class:`adm.callbacks.EpochEndResume`).
 
 The loader draws the worker seeds from its own generator, so iterating it never moves the global random
 streams.

@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
-from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 
 from adm.io.files import atomic_torch_save
@@ -32,7 +31,6 @@ __all__ = [
     "CONFIG_KEY",
     "EMA_KEY",
     "AtomicCheckpointIO",
-    "LastCheckpoint",
     "TrainedCheckpoint",
     "check_plain",
     "load_checkpoint",
@@ -89,35 +87,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         from adm.io.safe_load import safe_torch_load
 
         return safe_torch_load(path, map_location=map_location if map_location is not None else "cpu")
-
-
-class LastCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` whose ``last.ckpt`` also holds the final state of a run.
-
-    Lightning's ModelCheckpoint writes ``last.ckpt`` only together with a periodic checkpoint, so a run whose
-    ``max_steps`` (or epoch end) falls between two periods would lose its last steps. This one also writes
-    ``last.ckpt`` after the final optimizer step and at the end of every epoch. It always overwrites
-    ``last.ckpt`` (no ``last-v1.ckpt`` when a resumed run's callback settings differ), so ``ckpt_path=last``
-    always finds the newest state.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, enable_version_counter=False, **kwargs)
-
-    def on_train_batch_end(
-        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        if 0 < trainer.max_steps <= trainer.global_step:
-            self._save_last_now(trainer)
-
-    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        super().on_train_epoch_end(trainer, pl_module)
-        self._save_last_now(trainer)
-
-    def _save_last_now(self, trainer: Any) -> None:
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 # --- reading ------------------------------------------------------------------------------------------------
@@ -216,7 +185,7 @@ def load_checkpoint(
         ValueError: not one of our checkpoints, a corrupt / truncated file (read with ``weights_only=True``:
             nothing is unpickled), an unknown EMA rate, or weights that do not fit the network.
     """
-    from adm.compat.diffusion import LEGACY_TARGET, legacy_diffusion_config
+    from adm.diffusion.openai_flags import LEGACY_TARGET, legacy_diffusion_config
     from adm.io.safe_load import safe_torch_load
     from adm.nn import load_state_dict_checked
 
@@ -232,7 +201,7 @@ def load_checkpoint(
     if section is None or "diffusion" not in config:
         raise ValueError(f"{path}: '{CONFIG_KEY}' needs a 'model' or 'classifier' and a 'diffusion' section")
     if config["diffusion"].get("_target_") == LEGACY_TARGET:
-        # Written before our own diffusion vocabulary: OpenAI-style flags, translated by adm.compat.
+        # Written before our own diffusion vocabulary: OpenAI-style flags, translated.
         config = {**config, "diffusion": legacy_diffusion_config(config["diffusion"])}
     state, weights, rates = _select_weights(ckpt, ema)
     prefix = _NETWORK_KEYS[section] + "."

@@ -264,7 +264,13 @@ class ResBlock(TimestepBlock):
         norm_out, _, dropout, conv_out = self.out_layers
         if self.use_scale_shift_norm:
             scale, shift = emb_out.chunk(2, dim=1)
-            h = torch.addcmul(shift, norm_out(h), 1 + scale)  # norm(h) * (1 + scale) + shift
+            h = norm_out(h)
+            if h.dtype == torch.float32:
+                h = torch.addcmul(shift, h, 1 + scale)  # norm(h) * (1 + scale) + shift, one rounding
+            else:
+                # Half-precision trunk (OpenAI's convert_to_fp16): round the product before adding the shift,
+                # as OpenAI's two separate ops do; the fused addcmul rounds once and moves outputs by an ulp.
+                h = h * (1 + scale) + shift
         else:
             h = norm_out(h + emb_out)
         h = conv_out(dropout(_silu(h)))

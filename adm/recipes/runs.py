@@ -25,6 +25,8 @@ import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from adm.errors import MissingPathError, UsageError
+
 __all__ = [
     "RunDirGuard",
     "UsageError",
@@ -34,7 +36,6 @@ __all__ = [
     "expand_resume",
     "find_checkpoint",
     "preflight",
-    "wandb_run_id",
 ]
 
 RESUME_KEY = "resume"
@@ -43,14 +44,6 @@ RESUME_KEY = "resume"
 CONTINUATION_KEYS = re.compile(
     r"ckpt_path|trainer\.max_(steps|epochs|time)|trainer\.log_every_n_steps|callbacks\.\w+\.every_n_\w+"
 )
-
-
-class UsageError(ValueError):
-    """A mistake in the command or the environment; the CLI prints the message alone and exits with 2."""
-
-
-class MissingPathError(UsageError, FileNotFoundError):
-    """A UsageError about a file or folder that is not there."""
 
 
 def continuing(ckpt_path: Any) -> bool:
@@ -297,21 +290,6 @@ def trainer_kwargs(trainer: DictConfig) -> DictConfig:
     return OmegaConf.create(plain)
 
 
-# --- W&B: one run per run directory -----------------------------------------------------------------------
-def wandb_run_id(output_dir: Path) -> str:
-    """The W&B run id of this run directory (``output_dir/wandb_id``), created once and reused on resume."""
-    path = output_dir / "wandb_id"
-    if not path.is_file():
-        output_dir.mkdir(parents=True, exist_ok=True)
-        new = os.urandom(4).hex()
-        try:
-            with open(path, "x") as f:  # the first process to get here wins; the others read its id
-                f.write(new)
-        except FileExistsError:
-            pass
-    return path.read_text().strip()
-
-
 # --- SLURM ------------------------------------------------------------------------------------------------
 def cluster_plugins() -> list[Any]:
     """Lightning plugins for the cluster this process runs on (none off SLURM).
@@ -319,8 +297,8 @@ def cluster_plugins() -> list[Any]:
     Under ``sbatch`` + ``srun`` Lightning detects SLURM on its own, with SIGUSR1 as the requeue signal. Jobs
     of the submitit launcher (``hydra/launcher=slurm``) are warned with SIGUSR2 instead, which submitit
     handles by requeueing without a checkpoint; the environment returned here names SIGUSR2, so the
-    pre-emption callback (:class:`adm.lit.PreemptionCheckpoint`) takes that signal over and has all ranks
-    save ``hpc_ckpt_<n>.ckpt`` at the next step before the job is requeued.
+    pre-emption callback (:class:`adm.callbacks.PreemptionCheckpoint`) takes that signal over and has all
+    ranks save ``hpc_ckpt_<n>.ckpt`` at the next step before the job is requeued.
     """
     if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
         return []

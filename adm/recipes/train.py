@@ -24,22 +24,20 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
 from adm.config import preset_hint
+from adm.errors import MissingPathError, UsageError
 from adm.io.init_weights import check_resume, load_init_weights
 from adm.lit import ClassifierModule, DiffusionModule
 from adm.lit.common import per_device_batch_size
 from adm.lit.superres import SuperResModule
 from adm.recipes.runs import (
-    MissingPathError,
-    UsageError,
     check_checkpoint_matches,
     check_saved_config,
     cluster_plugins,
     find_checkpoint,
     preflight,
     trainer_kwargs,
-    wandb_run_id,
 )
-from adm.tracking import define_training_metrics
+from adm.tracking import define_training_metrics, wandb_run_id
 
 log = logging.getLogger("train")
 

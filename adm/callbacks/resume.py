@@ -10,7 +10,7 @@ the rest (``conf/callbacks/exact_resume.yaml`` configures both):
   run).
 - :class:`EpochEndResume`: a checkpoint written at the end of an epoch restarts at the start of the next one.
   Lightning's loops restart an iteration-based run (``max_steps``) from a checkpoint written in
-  ``on_train_epoch_end`` (``last.ckpt`` of :class:`~adm.io.checkpoint.LastCheckpoint`, ``ModelCheckpoint``
+  ``on_train_epoch_end`` (``last.ckpt`` of :class:`~adm.callbacks.LastCheckpoint`, ``ModelCheckpoint``
   with ``save_on_train_epoch_end``) by running that epoch's end a second time: the epoch counter moves on
   twice, the next epoch's ``set_epoch`` skips one data order, and the batches differ from an uninterrupted
   run. A checkpoint written after the last batch of an epoch (``on_train_batch_end``) restarts with the right
@@ -103,9 +103,9 @@ class RandomStreams(Callback):
 
     With several ranks, every checkpoint gathers all ranks' streams (a collective), so checkpoints are to be
     written where all ranks are in step: Lightning's checkpoint callbacks, and
-    :class:`adm.lit.PreemptionCheckpoint` for SLURM's warning signal. A checkpoint written inside a training
-    step (from a signal handler, where another rank may be in the gradient all-reduce) gathers nothing and
-    holds no random streams, with a warning.
+    :class:`adm.callbacks.PreemptionCheckpoint` for SLURM's warning signal. A checkpoint written inside
+    a training step (from a signal handler, where another rank may be in the gradient all-reduce) gathers
+    nothing and holds no random streams, with a warning.
 
     Args:
         seed: base seed of the per-rank streams of a fresh multi-process run; None takes Lightning's global

@@ -3,7 +3,7 @@
 SLURM warns a job before its time limit or a pre-emption with a signal (``#SBATCH --signal=SIGUSR1@90`` in
 ``scripts/slurm/train.sbatch``; SIGUSR2 under the submitit launcher, ``adm.recipes.runs.cluster_plugins``).
 Lightning's own SLURM handling writes ``hpc_ckpt_<n>.ckpt`` inside the signal handler, at whatever point the
-signal interrupts each rank. Writing a checkpoint is collective: :class:`~adm.lit.resume.RandomStreams`
+signal interrupts each rank. Writing a checkpoint is collective: :class:`~adm.callbacks.resume.RandomStreams`
 all-gathers every rank's random streams and ``Trainer.save_checkpoint`` ends with a barrier. A rank
 interrupted inside the gradient all-reduce, or a rank the signal reaches a step later or not at all, is in
 another collective than the others: the save hangs, or is never written.
