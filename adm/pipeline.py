@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from adm.diffusion import GaussianDiffusion, check_classifier_fits
-from adm.io.samples import from_uint8, to_uint8
+from adm.io.images import from_uint8, to_uint8
 from adm.nn import SuperResUNet
 from adm.sampling import (
     SAMPLERS,
@@ -307,7 +307,7 @@ class ADM(nn.Module):
                 noise comes from its own generator, so it does not change with ``batch_size`` or device.
             show_progress: show a progress bar.
             low_res: for an upsampler (:attr:`is_upsampler`): the images to enlarge, float (B, C, h, w) in
-                [-1, 1] (``adm.io.samples.from_uint8`` converts sample-file images).
+                [-1, 1] (``adm.io.images.from_uint8`` converts sample-file images).
             spacing: how the `steps` are spread: "even" (default), "strided" (OpenAI's "ddimN") or
                 "sections".
             cfg_scale: classifier-free guidance scale w (a model trained with label dropout; 0 = the

@@ -36,7 +36,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from adm.errors import WandbMissingError
-from adm.io.samples import label_captions
+from adm.io.grid import label_captions
 from adm.metrics.names import METRIC_TABLE, METRICS
 
 __all__ = [
@@ -248,7 +248,7 @@ def grid_caption(labels: np.ndarray | None, class_names: Sequence[str] | None, c
 
 def _class_names(out_dir: Path) -> list[str] | None:
     """The class names the sampled checkpoint records (``sample_info.json``: model.class_names)."""
-    from adm.io.samples import INFO_FILE
+    from adm.io.shards import INFO_FILE
 
     try:
         info = json.loads((out_dir / INFO_FILE).read_text())
@@ -261,7 +261,7 @@ def _class_names(out_dir: Path) -> list[str] | None:
 def log_sample_job(run: Any, result: Mapping[str, Any], *, grid_size: int, table_rows: int) -> None:
     """Log one sample job's outcome (the summary :func:`adm.recipes.sample.sample` returns): its scores,
     seconds per image, the samples table and the grid captioned with its classes."""
-    from adm.io.samples import read_images
+    from adm.io.npz import read_images
 
     wandb = require_wandb()
     samples = Path(result["samples"])

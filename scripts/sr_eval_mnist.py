@@ -26,7 +26,9 @@ import torch.nn.functional as F
 from adm.data import MNIST5kDataModule, downsample_area
 from adm.io.checkpoint import load_checkpoint
 from adm.io.files import atomic_write_json
-from adm.io.samples import BaseSamples, from_uint8, save_grid, to_uint8
+from adm.io.grid import save_grid
+from adm.io.images import from_uint8, to_uint8
+from adm.io.npz import BaseSamples
 from adm.metrics import DomainClassifier, fid_from_features, train_domain_classifier
 from adm.recipes.upsample import UpsampleDrawer
 from adm.sampling import ddim_sample, ddpm_sample

@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 from test_sample import COSINE, _classifier_ckpt, write_tiny_checkpoints
 
-from adm.io.samples import by_class, save_grid
+from adm.io.grid import by_class, save_grid
 from adm.metrics import DomainClassifier
 from adm.recipes.demo import best_row, real_digits, sample_scales, train_network
 from adm.recipes.sample import sample

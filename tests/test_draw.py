@@ -27,7 +27,8 @@ from adm.config import build_network, load_preset
 from adm.data import downsample_area
 from adm.diffusion import GaussianDiffusion, UniformSampler
 from adm.io.checkpoint import atomic_torch_save, load_checkpoint
-from adm.io.samples import BaseSamples, from_uint8, to_uint8
+from adm.io.images import from_uint8, to_uint8
+from adm.io.npz import BaseSamples
 from adm.lit import DiffusionModule
 from adm.metrics import DomainClassifier
 from adm.recipes.sample import sample as sample_recipe

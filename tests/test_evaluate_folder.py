@@ -12,10 +12,10 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from adm.data.folder import folder_content_hash, read_folder_images
-from adm.io.samples import load_reference
 from adm.metrics import DomainClassifier, evaluate, reference_features
 from adm.metrics.extractor import FeatureExtractor
 from adm.metrics.fid import frechet_distance, gaussian_stats
+from adm.metrics.reference import load_reference
 from adm.recipes.evaluate import evaluate_samples, reference_from_folder, resolve_reference
 
 REPO = Path(__file__).resolve().parents[1]
@@ -275,7 +275,7 @@ def test_sample_run_checks_scoring_inputs_before_recording(tmp_path: Path):
     # grid.png carries the class names under the images (and grid_captions=false leaves them out)
     from PIL import Image
 
-    from adm.io.samples import grid_image
+    from adm.io.grid import grid_image
 
     grid = np.asarray(Image.open(result["grid"]))
     assert grid.shape[:2] == grid_image(images, captions=["cow"] * 4).shape[:2]
@@ -287,7 +287,7 @@ def test_sample_run_checks_scoring_inputs_before_recording(tmp_path: Path):
 
 
 def test_settings_of_a_run_that_drew_nothing_are_replaced(tmp_path: Path):
-    from adm.io.samples import ShardLayout, ShardStore
+    from adm.io.shards import ShardLayout, ShardStore
 
     layout = ShardLayout(num_samples=2, shard_size=2)
     ShardStore(

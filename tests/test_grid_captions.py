@@ -23,7 +23,7 @@ from adm.callbacks.fid import FIDCallback, scores_line
 from adm.callbacks.sample_grid import class_names, rows_caption, sampler_steps
 from adm.data import MNIST5kDataModule
 from adm.diffusion import GaussianDiffusion, UniformSampler
-from adm.io.samples import caption_strips, grid_image, label_captions, save_grid
+from adm.io.grid import caption_strips, grid_image, label_captions, save_grid
 from adm.lit import DiffusionModule
 from adm.metrics import DomainClassifier, DomainFeatureExtractor
 from adm.nn import UNet

@@ -25,22 +25,11 @@ from adm.io.files import (
     atomic_write_text,
     file_sha256,
 )
-from adm.io.samples import (
-    BaseSamples,
-    ShardLayout,
-    ShardStore,
-    as_uint8_nchw,
-    from_uint8,
-    load_reference,
-    open_samples,
-    quantize,
-    read_images,
-    read_npy_header,
-    save_grid,
-    save_npz,
-    to_uint8,
-    write_pngs,
-)
+from adm.io.grid import save_grid
+from adm.io.images import as_uint8_nchw, from_uint8, quantize, to_uint8
+from adm.io.npz import BaseSamples, open_samples, read_images, read_npy_header, save_npz, write_pngs
+from adm.io.shards import ShardLayout, ShardStore
+from adm.metrics.reference import load_reference
 
 
 def _images(n: int, seed: int, shape=(8, 8, 3)) -> np.ndarray:

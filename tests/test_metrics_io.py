@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adm.io.samples import load_reference, open_samples
+from adm.io.npz import open_samples
 from adm.metrics import (
     FeatureExtractor,
     FeatureSet,
@@ -24,6 +24,7 @@ from adm.metrics import (
     reference_features,
     resolve_metrics,
 )
+from adm.metrics.reference import load_reference
 
 
 class PixelFeatures(FeatureExtractor):

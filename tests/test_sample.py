@@ -16,7 +16,8 @@ from PIL import Image
 
 from adm.config import build_network
 from adm.io.files import atomic_torch_save
-from adm.io.samples import ShardLayout, ShardStore, grid_image, merge_shards
+from adm.io.grid import grid_image
+from adm.io.shards import ShardLayout, ShardStore, merge_shards
 from adm.recipes.sample import sample
 from adm.sampling import LabelPlan, sample_seed
 

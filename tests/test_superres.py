@@ -18,7 +18,8 @@ from adm.config import build_network, load_preset
 from adm.data import MNIST5kDataModule, downsample_area
 from adm.diffusion import GaussianDiffusion, UniformSampler
 from adm.io.checkpoint import load_checkpoint
-from adm.io.samples import BaseSamples, from_uint8
+from adm.io.images import from_uint8
+from adm.io.npz import BaseSamples
 from adm.lit.diffusion import DiffusionModule
 from adm.lit.superres import SuperResModule
 from adm.nn import SuperResUNet, UNet

@@ -17,7 +17,8 @@ from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 
 from adm.callbacks.ema import EMA
 from adm.callbacks.progress import sampling_tqdm
-from adm.io.samples import from_uint8, grid_image, label_captions, save_grid, to_uint8
+from adm.io.grid import grid_image, label_captions, save_grid
+from adm.io.images import from_uint8, to_uint8
 from adm.sampling import LabelPlan, draw_images, sample_seed
 
 __all__ = ["SampleGrid", "class_names", "sampling_network", "sample_conditioning"]

@@ -3,20 +3,13 @@
 Features come from a `FeatureExtractor` (`load_inception()` for FID / sFID / IS / precision / recall on
 natural images, `DomainFeatureExtractor` for small domains such as MNIST); the metrics are plain functions
 on features; `evaluate(samples, reference, extractor)` ties them together for `.npz` sample files (read by
-`adm.io.samples`). The metrics themselves are listed once, in `adm.metrics.names.METRIC_TABLE`.
+`adm.io.npz`). The metrics themselves are listed once, in `adm.metrics.names.METRIC_TABLE`.
 """
 
 from __future__ import annotations
 
-from adm.io.samples import (
-    NpzImages,
-    ReferenceBatch,
-    as_uint8_nchw,
-    load_reference,
-    open_samples,
-    quantize,
-    save_npz,
-)
+from adm.io.images import as_uint8_nchw, quantize
+from adm.io.npz import NpzImages, open_samples, save_npz
 from adm.metrics.accuracy import class_accuracy
 from adm.metrics.build import build_extractor
 from adm.metrics.domain import DomainClassifier, DomainFeatureExtractor, train_domain_classifier
@@ -35,6 +28,7 @@ from adm.metrics.inception import InceptionExtractor, load_inception, resolve_in
 from adm.metrics.inception_score import inception_score
 from adm.metrics.names import METRIC_TABLE, Metric
 from adm.metrics.precision_recall import precision_recall
+from adm.metrics.reference import ReferenceBatch, load_reference
 
 __all__ = [
     "FEATURE_KINDS",

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adm.io.files import atomic_torch_save
-from adm.io.samples import ImageBatch, as_uint8_nchw
+from adm.io.images import ImageBatch, as_uint8_nchw
 from adm.metrics.extractor import FeatureExtractor
 
 log = logging.getLogger(__name__)

@@ -18,13 +18,15 @@ import numpy as np
 import torch
 
 from adm.io.files import file_sha256
-from adm.io.samples import ImageBatch, NpzImages, ReferenceBatch, load_reference, open_samples, write_arrays
+from adm.io.images import ImageBatch
+from adm.io.npz import NpzImages, open_samples, write_arrays
 from adm.metrics.accuracy import class_accuracy
 from adm.metrics.extractor import FeatureExtractor
 from adm.metrics.fid import frechet_distance, gaussian_stats
 from adm.metrics.inception_score import SPLIT_SIZE, inception_score
 from adm.metrics.names import METRIC_KINDS, METRIC_TABLE, METRICS, NEEDS_REFERENCE
 from adm.metrics.precision_recall import NEAREST_K, precision_recall
+from adm.metrics.reference import ReferenceBatch, load_reference
 
 __all__ = [
     "METRICS",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from adm.io.samples import ImageBatch, as_uint8_nchw
+from adm.io.images import ImageBatch, as_uint8_nchw
 
 # Names of the feature kinds an extractor may provide (the metric functions pick theirs by name):
 #   "pool"    (N, D) global features: FID, precision / recall     (Inception pool_3: D = 2048)
@@ -18,7 +18,7 @@ class FeatureExtractor(nn.Module):
     """Maps image batches to named feature arrays.
 
     Subclasses set `name` and `provides` and implement `extract(x)` on (N, C, H, W) uint8 tensors already on
-    the extractor's device. `features(images)` accepts either layout of `adm.io.samples` and returns
+    the extractor's device. `features(images)` accepts either layout of `adm.io.images` and returns
     float32 tensors on the extractor's device.
     """
 

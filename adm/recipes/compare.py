@@ -34,7 +34,7 @@ from hydra import compose
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from adm.io.samples import save_npz
+from adm.io.npz import save_npz
 from adm.metrics import train_domain_classifier
 from adm.recipes.demo import METRICS, _path, train_network
 from adm.recipes.sample import sample

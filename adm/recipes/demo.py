@@ -33,7 +33,8 @@ from hydra import compose
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from adm.io.samples import by_class, read_images, save_grid, save_npz
+from adm.io.grid import by_class, save_grid
+from adm.io.npz import read_images, save_npz
 from adm.metrics import build_extractor, evaluate, reference_features, train_domain_classifier
 from adm.metrics.names import metric_names
 from adm.recipes.sample import sample

@@ -25,12 +25,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from adm.data.folder import find_images, folder_content_hash, read_folder_images
 from adm.io.files import atomic_write_json
-from adm.io.samples import NpzImages, load_reference, open_samples, write_arrays
+from adm.io.npz import NpzImages, open_samples, write_arrays
 from adm.metrics import build_extractor, evaluate
 from adm.metrics.evaluate import check_same_images, extract_features
 from adm.metrics.fid import gaussian_stats
 from adm.metrics.inception import default_cache_dir
 from adm.metrics.names import METRIC_LABELS
+from adm.metrics.reference import load_reference
 from adm.tracking import log_evaluation, open_run, require_wandb, wandb_config
 
 __all__ = [

@@ -39,17 +39,11 @@ from adm import tracking
 from adm.diffusion import check_classifier_fits
 from adm.io.checkpoint import CONFIG_KEY, load_checkpoint
 from adm.io.files import atomic_write_json, file_sha256
+from adm.io.grid import label_captions, save_grid
+from adm.io.images import to_uint8
+from adm.io.npz import read_images, write_pngs
 from adm.io.safe_load import safe_torch_load
-from adm.io.samples import (
-    ShardLayout,
-    ShardStore,
-    label_captions,
-    merge_shards,
-    read_images,
-    save_grid,
-    to_uint8,
-    write_pngs,
-)
+from adm.io.shards import ShardLayout, ShardStore, merge_shards
 from adm.nn import load_state_dict_checked
 from adm.sampling import ClassifierFreeGuidance, Guidance, LabelPlan, draw_images, sample_seed
 
@@ -585,9 +579,9 @@ def check_scoring(cfg: dict[str, Any], image_shape: tuple[int, int, int]) -> Non
     ecfg = cfg["evaluate"]
     if ecfg["reference"] is None:
         return
-    from adm.io.samples import load_reference
     from adm.metrics.evaluate import check_same_images
     from adm.metrics.inception import resolve_inception_weights
+    from adm.metrics.reference import load_reference
     from adm.recipes.evaluate import resolve_reference
 
     if ecfg["domain_ckpt"] is None:

@@ -26,16 +26,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from adm.io.files import file_sha256
-from adm.io.samples import (
-    BaseSamples,
-    ShardLayout,
-    ShardStore,
-    from_uint8,
-    merge_shards,
-    read_images,
-    save_grid,
-    to_uint8,
-)
+from adm.io.grid import save_grid
+from adm.io.images import from_uint8, to_uint8
+from adm.io.npz import BaseSamples, read_images
+from adm.io.shards import ShardLayout, ShardStore, merge_shards
 from adm.nn import SuperResUNet
 from adm.pipeline import upsample as upsample_images
 from adm.recipes.sample import Loaded, build_fabric, generate_shards, load_model, score
@@ -108,7 +102,7 @@ class UpsampleDrawer:
     Args:
         unet: the upsampler (``SuperResUNet`` / ``SuperResModel``).
         diffusion: its (un-respaced) process. sampler: the upsampling sampler, options bound.
-        base: :class:`~adm.io.samples.BaseSamples` (e.g. ``BaseSamples.load(path)``) or another
+        base: :class:`~adm.io.npz.BaseSamples` (e.g. ``BaseSamples.load(path)``) or another
             ``base(indices)``.
         seed: the run's seed. device: where to sample.
         low_res_size: the low-res side the upsampler was trained for (checked against the base images), or
