@@ -42,7 +42,7 @@ demo: $(STAMP) ## train a guided ADM + noisy classifier on MNIST-5k, sweep guida
 OPENAI ?= $(ADM_OPENAI_REF)
 BENCH_ARGS ?=
 bench: $(STAMP) ## forward / training step / guided sampling speed, side by side with OpenAI's code
-	$(PY) scripts/bench.py $(if $(OPENAI),--openai $(OPENAI)) $(BENCH_ARGS)
+	$(PY) scripts/dev/bench.py $(if $(OPENAI),--openai $(OPENAI)) $(BENCH_ARGS)
 
 lint: $(STAMP) ## ruff lint + format check
 	$(VENV)/bin/ruff check .

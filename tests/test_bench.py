@@ -1,8 +1,8 @@
-"""scripts/bench.py runs end to end in its tiny configuration (without a reference checkout)."""
+"""scripts/dev/bench.py runs end to end in its tiny configuration (without a reference checkout)."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import os
 import subprocess
@@ -10,16 +10,22 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
+DEV = Path(__file__).resolve().parents[1] / "scripts" / "dev"  # the bench and its sibling modules
+BENCH = DEV / "bench.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("adm_bench_script", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(DEV))
+        yield importlib.import_module("bench")
+
+
+@pytest.fixture(scope="module")
+def workloads(bench):
+    return importlib.import_module("bench_workloads")
 
 
 def test_tiny_bench_prints_one_table_without_the_reference(bench, monkeypatch, capsys):
@@ -47,17 +53,17 @@ def test_bench_rejects_a_path_without_guided_diffusion(bench, tmp_path):
         bench.main(["--tiny", "--works", "forward,nope"])
 
 
-def test_training_steps_leave_the_shared_weights_alone(bench):
+def test_training_steps_leave_the_shared_weights_alone(bench, workloads):
     args = bench.parse_args(["--tiny"])
     args.batch = args.train_batch = args.sample_batch = args.steps = 2
-    nets = bench.build_ours(args)
+    nets = workloads.build_ours(args)
     before = {k: v.clone() for k, v in nets["unet"].state_dict().items()}
-    inputs = bench.make_inputs(args, bench.torch.device("cpu"), 10, 16)
-    fns = bench.ours_fns(nets, args, inputs, None)
+    inputs = workloads.make_inputs(args, torch.device("cpu"), 10, 16)
+    fns = workloads.ours_fns(nets, args, inputs, None)
     fns["train"]()
     fns["train"]()
     after = nets["unet"].state_dict()
-    assert all(bench.torch.equal(before[k], after[k]) for k in before)
+    assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_keep_freed_memory_sets_the_allocator_and_the_work_still_runs(tmp_path):
