@@ -137,10 +137,10 @@ def demo(cfg: DictConfig) -> None:
     recipe(cfg)
 
 
-@hydra.main(version_base=_VERSION, config_path=_CONF, config_name="compare")
+@hydra.main(version_base=_VERSION, config_path=_CONF, config_name="compare_samplers")
 @usage_errors
 def compare_samplers(cfg: DictConfig) -> None:
-    """Samplers x guidance (none, classifier, classifier-free) on demo networks (``conf/compare.yaml``)."""
-    from adm.recipes.compare import run_compare as recipe
+    """Samplers x guidance (none, classifier, classifier-free) on demo networks (``conf/compare_samplers.yaml``)."""
+    from adm.recipes.compare_samplers import run_compare as recipe
 
     recipe(cfg)

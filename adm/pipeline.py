@@ -14,8 +14,8 @@ Every sampling path goes through :func:`adm.sampling.draw_images` with the seed 
 
 from __future__ import annotations
 
-import functools
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,34 +23,39 @@ import numpy as np
 import torch
 from torch import nn
 
-from adm.diffusion import GaussianDiffusion, check_classifier_fits
+from adm.diffusion import GaussianDiffusion
 from adm.io.images import from_uint8, to_uint8
 from adm.nn import SuperResUNet
 from adm.sampling import (
     SAMPLERS,
-    ClassifierFreeGuidance,
-    ClassifierGuidance,
     Guidance,
+    GuidancePlan,
     LabelPlan,
+    build_sampler,
     draw_images,
+    plan_guidance,
     random_label,
     sample_seed,
     upsample_seed,
 )
+from adm.weights import OptionNames, Weights, load_weights
 
 __all__ = ["ADM", "sample_two_stage", "upsample"]
 
-
-def _null_label(trained: Any) -> int | None:
-    """The null label a training checkpoint records (trained with label dropout), else None."""
-    return (trained.config.get("classifier_free") or {}).get("null_label")
-
-
 _INDEX_BITS = 32  # sample_seed(seed, i) == (seed << 32) + i
+# The Python API's option names, for the errors of the weights door.
+_MODEL_NAMES = OptionNames(
+    "path",
+    "diffusion_ckpt",
+    "model_name",
+    "flags",
+    advice="OpenAI's released weights load with ADM.from_preset(<preset>).load_openai(PATH)",
+)
+_CLASSIFIER_NAMES = OptionNames("classifier_ckpt", "classifier_ckpt", "classifier", "classifier_flags")
 
 
 class ADM(nn.Module):
-    """An ADM diffusion model ready for sampling.
+    """An ADM diffusion model ready for sampling: the one object every entry point draws images through.
 
     Args:
         unet: ``adm.nn.UNet`` (``forward(x, t, y=None)``) or an upsampler ``adm.nn.SuperResUNet``
@@ -59,9 +64,13 @@ class ADM(nn.Module):
         diffusion: the process the UNet was trained for (``adm.diffusion.GaussianDiffusion``), full length;
             sampling respaces it (``infer(steps=...)``).
         classifier: optional noisy classifier (``adm.nn.EncoderUNet``) for classifier guidance.
+        null_label: the null label of a network trained with label dropout (classifier-free guidance).
+        classifier_process: the process the classifier was trained on, when known (checked to be the
+            model's noising).
 
-    Build it from a preset (:meth:`from_preset`, then :meth:`load_openai` for OpenAI's released weights) or
-    from one of our training checkpoints (:meth:`from_checkpoint`).
+    Build it from a preset (:meth:`from_preset`, then :meth:`load_openai` for OpenAI's released weights), from
+    one of our training checkpoints (:meth:`from_checkpoint`) or from :func:`adm.weights.load_weights`
+    results (:meth:`from_weights`).
     """
 
     def __init__(
@@ -70,6 +79,7 @@ class ADM(nn.Module):
         diffusion: GaussianDiffusion,
         classifier: nn.Module | None = None,
         null_label: int | None = None,
+        classifier_process: GaussianDiffusion | None = None,
     ) -> None:
         super().__init__()
         if bool(getattr(unet, "learn_sigma", diffusion.learn_sigma)) != diffusion.learn_sigma:
@@ -79,22 +89,22 @@ class ADM(nn.Module):
             )
         # The null label of a network trained with label dropout (classifier-free guidance), else None.
         self.null_label = None if null_label is None else int(null_label)
-        if classifier is not None:  # its process is unknown here; from_checkpoint compares that too
-            check_classifier_fits(self._data_classes_view(unet), classifier, model_process=diffusion)
         self.unet = unet
         self.diffusion = diffusion
         self.classifier = classifier
+        self.classifier_process = classifier_process
+        if classifier is not None:
+            self.plan("classifier", 0.0)  # checks that the classifier fits the model
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_preset(cls, model_name: str, classifier: str | None = None) -> ADM:
         """Build the networks of ``conf/model/<model_name>.yaml`` (+ ``conf/classifier/<classifier>.yaml``).
 
-        The diffusion process is the one the preset selects (``defaults: - override /diffusion: ...``), the
-        image size, channels and classes those of the data it selects (``override /data: ...``): the presets
-        are composed by Hydra (:mod:`adm.config`). Weights are freshly initialised: call :meth:`load_openai`
-        next. Works under ``with torch.device("meta"):`` (no parameter memory; :meth:`load_openai` then
-        materialises it).
+        The diffusion process is the one the preset selects, the image size, channels and classes those of
+        the data it selects: the presets are composed by Hydra (:mod:`adm.config`). Weights are freshly
+        initialised: call :meth:`load_openai` next. Works under ``with torch.device("meta"):`` (no parameter
+        memory; :meth:`load_openai` then materialises it).
         """
         from adm.config import build_diffusion, build_network
 
@@ -102,19 +112,6 @@ class ADM(nn.Module):
         unet = build_network(model_name)
         clf = build_network(classifier) if classifier is not None else None
         return cls(unet, diffusion, clf)
-
-    @staticmethod
-    def _load_into(module: nn.Module, path: str | os.PathLike, what: str) -> None:
-        from adm.config import preset_hint
-        from adm.io.safe_load import safe_torch_load
-        from adm.nn import load_state_dict_checked
-
-        state = safe_torch_load(path)
-        if not isinstance(state, dict):
-            raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__}) for the {what}")
-        if any(p.is_meta for p in module.parameters()):
-            module.to_empty(device="cpu")  # built under torch.device("meta"): allocate, then load
-        load_state_dict_checked(module, state, hint=preset_hint)
 
     def load_openai(
         self, diffusion_ckpt: str | os.PathLike, classifier_ckpt: str | os.PathLike | None = None
@@ -128,10 +125,32 @@ class ADM(nn.Module):
             raise ValueError(
                 "classifier_ckpt given but this ADM has no classifier: use from_preset(..., classifier=...)"
             )
-        self._load_into(self.unet, diffusion_ckpt, "UNet")
+        load_weights(diffusion_ckpt, kind="diffusion", source="openai", network=self.unet, names=_MODEL_NAMES)
         if classifier_ckpt is not None:
-            self._load_into(self.classifier, classifier_ckpt, "classifier")
+            load_weights(
+                classifier_ckpt,
+                kind="classifier",
+                source="openai",
+                network=self.classifier,
+                names=_CLASSIFIER_NAMES,
+            )
         return self
+
+    @classmethod
+    def from_weights(cls, model: Weights, classifier: Weights | None = None) -> ADM:
+        """The ADM of a diffusion network and an optional classifier read by :func:`adm.weights.load_weights`
+        (checked: the classifier must fit the model's images, labels and, when both are known, noising)."""
+        if model.kind != "diffusion" or model.diffusion is None:
+            raise ValueError("from_weights needs a diffusion network with its process (kind='diffusion')")
+        if classifier is not None and classifier.kind != "classifier":
+            raise ValueError("the classifier weights hold a diffusion model, not a noisy classifier")
+        return cls(
+            model.network,
+            model.diffusion,
+            classifier.network if classifier is not None else None,
+            null_label=model.null_label,
+            classifier_process=classifier.diffusion if classifier is not None else None,
+        )
 
     @classmethod
     def from_checkpoint(
@@ -147,8 +166,8 @@ class ADM(nn.Module):
 
         Args:
             path: a diffusion-model ``.ckpt`` (a ``UNet`` or an upsampler ``SuperResUNet``).
-            ema: True: the EMA weights of the first rate (the raw ones if trained without EMA); False: the raw
-                weights; a float: the EMA weights of that rate.
+            ema: True: the EMA weights of the first rate (the raw weights if trained without EMA); False:
+                the raw weights; a float: the EMA weights of that rate.
             classifier_ckpt: a noisy classifier: one of our ``scripts/train_classifier.py`` checkpoints (its
                 EMA weights), or OpenAI's released weights (e.g. ``64x64_classifier.pt``, then give
                 `classifier`).
@@ -158,69 +177,68 @@ class ADM(nn.Module):
             ValueError: the file is not a diffusion checkpoint of ours, or the classifier does not fit the
                 model (image size, channels, classes, or the noise process it was trained on).
         """
-        from adm.io.checkpoint import load_checkpoint
-
-        trained = load_checkpoint(path, ema=ema)
-        if trained.kind != "diffusion":
-            raise ValueError(
-                f"{path} holds a noisy classifier; load a diffusion checkpoint and give this one as "
-                "classifier_ckpt=..."
-            )
-        clf = None
+        model = load_weights(path, kind="diffusion", source="adm", ema=ema, names=_MODEL_NAMES)
+        guide = None
         if classifier_ckpt is not None:
-            clf = cls._classifier_for(trained, classifier_ckpt, classifier)
+            guide = load_weights(
+                classifier_ckpt, kind="classifier", preset=classifier, names=_CLASSIFIER_NAMES
+            )
         elif classifier is not None:
             raise ValueError(
                 f"classifier={classifier!r} names the preset of OpenAI classifier weights: give the weights "
                 "too (classifier_ckpt=PATH)"
             )
-        return cls(trained.unet, trained.diffusion, clf, null_label=_null_label(trained))
+        return cls.from_weights(model, guide)
 
-    @staticmethod
-    def _classifier_for(trained: Any, path: str | os.PathLike, preset: str | None) -> nn.Module:
-        """The classifier of `path` (ours, or OpenAI's with a preset), checked against the model `trained`."""
-        from adm.config import build_network, fitting_presets, preset_hint
-        from adm.diffusion import check_classifier_fits
-        from adm.io.checkpoint import CONFIG_KEY, load_checkpoint
-        from adm.io.safe_load import safe_torch_load
-        from adm.nn import load_state_dict_checked
+    # ------------------------------------------------------------------ guidance and drawing
+    def plan(self, guidance: str | None, scale: float = 0.0) -> GuidancePlan:
+        """How to guide with this model: :func:`adm.sampling.plan_guidance` of its networks.
 
-        state = safe_torch_load(path)
-        classifier_process = None  # OpenAI's classifiers come without their process
-        if isinstance(state, dict) and CONFIG_KEY in state:
-            del state
-            if preset is not None:
-                raise ValueError(
-                    f"{path} is one of our classifier checkpoints and describes itself: drop "
-                    f"classifier={preset!r}"
-                )
-            guide = load_checkpoint(path)
-            if guide.kind != "classifier":
-                raise ValueError(f"classifier_ckpt={path} holds a diffusion model, not a noisy classifier")
-            network, classifier_process = guide.classifier, guide.diffusion
-        else:
-            if not isinstance(state, dict):
-                raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
-            if preset is None:
-                fits = fitting_presets(state)
-                hint = f" (presets that fit these weights: {', '.join(fits)})" if fits else ""
-                raise ValueError(
-                    f"classifier_ckpt={path} holds OpenAI-style weights: add classifier=<preset>{hint}"
-                )
-            network = load_state_dict_checked(build_network(preset), state, hint=preset_hint).eval()
-        unet = trained.unet
-        if _null_label(trained) is not None:  # the classifier knows the data's classes, not the null one
-            unet = ClassifierFreeGuidance(0.0, _null_label(trained)).wrap_network(unet)
-        check_classifier_fits(
-            unet, network, model_process=trained.diffusion, classifier_process=classifier_process
+        Args:
+            guidance: None (unguided), "classifier" (needs the classifier) or "cfg" (needs a model trained
+                with label dropout), or any kind of ``adm.sampling.GUIDANCE_KINDS``.
+            scale: the guidance scale (0: as unguided).
+        """
+        return plan_guidance(
+            guidance,
+            scale,
+            network=self.unet,
+            null_label=self.null_label,
+            classifier=self.classifier,
+            model_process=self.diffusion,
+            classifier_process=self.classifier_process,
         )
-        return network
 
-    def _data_classes_view(self, unet: nn.Module) -> nn.Module:
-        """`unet` as a network of the data's classes (without its null label, if it has one)."""
-        if self.null_label is None:
-            return unet
-        return ClassifierFreeGuidance(0.0, self.null_label).wrap_network(unet)
+    def draw(
+        self,
+        seeds: Sequence[int],
+        *,
+        sampler: Callable[..., torch.Tensor],
+        plan: GuidancePlan | None = None,
+        labels: torch.Tensor | np.ndarray | Sequence[int] | None = None,
+        conditioning: dict[str, torch.Tensor] | None = None,
+        device: torch.device | str | None = None,
+        autocast: Callable[[], Any] | None = None,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Draw one image per seed (:func:`adm.sampling.draw_images`) with a guidance plan (:meth:`plan`).
+
+        Returns x_0: float32 (N, C, H, W) in [-1, 1] on `device` (default: the network's).
+        """
+        plan = plan if plan is not None else self.plan(None)
+        device = device if device is not None else next(self.unet.parameters()).device
+        return draw_images(
+            plan.network,
+            self.diffusion,
+            sampler,
+            seeds,
+            labels=labels,
+            conditioning=conditioning,
+            guidance=plan.guidance,
+            device=device,
+            autocast=autocast,
+            progress=progress,
+        )
 
     # ------------------------------------------------------------------ sampling
     @property
@@ -274,12 +292,34 @@ class ADM(nn.Module):
             )
         return labels.long()
 
+    @staticmethod
+    def _guidance_arguments(
+        guidance: str | None, scale: float, classifier_scale: float | None, cfg_scale: float | None
+    ) -> tuple[str | None, float]:
+        """``guidance=`` / ``scale=``, or their older spelling ``classifier_scale=`` / ``cfg_scale=``."""
+        older = {k: v for k, v in (("classifier", classifier_scale), ("cfg", cfg_scale)) if v is not None}
+        if not older:
+            return guidance, scale
+        if guidance is not None or scale != 0.0:
+            raise ValueError("give guidance=<kind> and scale=..., not classifier_scale / cfg_scale as well")
+        warnings.warn(
+            "classifier_scale= / cfg_scale= are guidance='classifier' / 'cfg' with scale=...",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        active = {k: v for k, v in older.items() if v != 0}
+        if len(active) > 1:
+            raise ValueError("one guidance kind at a time: guidance='classifier' or 'cfg' with scale=...")
+        kind, value = next(iter(active.items()), next(iter(older.items())))
+        return kind, value
+
     @torch.no_grad()
     def infer(
         self,
         batch_size: int,
         labels: int | Sequence[int] | torch.Tensor | None = None,
-        classifier_scale: float = 0.0,
+        guidance: str | None = None,
+        scale: float = 0.0,
         sampler: str = "ddpm",
         steps: int | Sequence[int] | None = None,
         eta: float = 0.0,
@@ -287,7 +327,9 @@ class ADM(nn.Module):
         show_progress: bool = False,
         low_res: torch.Tensor | None = None,
         spacing: str | None = None,
-        cfg_scale: float = 0.0,
+        *,
+        classifier_scale: float | None = None,
+        cfg_scale: float | None = None,
     ) -> dict[str, torch.Tensor]:
         """Sample ``batch_size`` images.
 
@@ -296,9 +338,12 @@ class ADM(nn.Module):
             labels: None (random labels for class-conditional models / guidance: label i from (seed, i), as
                 ``scripts/sample.py labels=random``), one int for every image, or ``batch_size`` ints in
                 [0, num_classes).
-            classifier_scale: classifier-guidance scale s (needs a classifier; 0 = no guidance).
+            guidance: the guidance kind, as ``scripts/sample.py guidance=<kind>``: None (unguided),
+                "classifier" (the noisy classifier) or "cfg" (classifier-free: a model trained with label
+                dropout).
+            scale: the guidance scale, as ``guidance.scale=<s>`` (0: as unguided).
             sampler: "ddpm" (ancestral, learned variance), "ddim", "dpmpp_2m" or "dpmpp_3m" (DPM-Solver++;
-                `spacing` may also be "logsnr", their default).
+                `spacing` may also be "logsnr", their default): a name of ``adm.sampling.SAMPLERS``.
             steps: how many of the 1000 training steps to sample (e.g. 250; per-section counts with
                 ``spacing="sections"``); None samples all of them.
             eta: DDIM noise (0 = deterministic); only for ``sampler="ddim"``.
@@ -310,8 +355,8 @@ class ADM(nn.Module):
                 [-1, 1] (``adm.io.images.from_uint8`` converts sample-file images).
             spacing: how the `steps` are spread: "even" (default), "strided" (OpenAI's "ddimN") or
                 "sections".
-            cfg_scale: classifier-free guidance scale w (a model trained with label dropout; 0 = the
-                conditional model).
+            classifier_scale, cfg_scale: the older spelling of ``guidance="classifier"`` / ``"cfg"`` with
+                ``scale`` (deprecated).
         Returns:
             {"samples": uint8 (B, H, W, C) images (OpenAI's quantisation ``((x + 1) * 127.5).clamp(0, 255)``
             truncated, as in their .npz files), "labels": int64 (B,) labels used (-1 when unconditional)}.
@@ -320,14 +365,10 @@ class ADM(nn.Module):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; use one of {sorted(SAMPLERS)}")
-        if classifier_scale < 0:
-            raise ValueError(f"classifier_scale must be >= 0, got {classifier_scale}")
-        if classifier_scale > 0 and self.classifier is None:
-            raise ValueError(
-                "classifier guidance needs a classifier: ADM.from_preset(model, classifier=...) + load_openai"
-            )
         if eta != 0.0 and sampler != "ddim":
             raise ValueError("eta is a DDIM setting; use sampler='ddim' or leave eta=0")
+        guidance, scale = self._guidance_arguments(guidance, scale, classifier_scale, cfg_scale)
+        plan = self.plan(guidance, scale)
         device = next(self.unet.parameters()).device
         if device.type == "meta":
             raise ValueError("the networks are on the meta device: load weights first (load_openai)")
@@ -344,27 +385,16 @@ class ADM(nn.Module):
                 f"got {len(seeds)} seeds for batch_size {batch_size}; give one per image or one int"
             )
         y = self._labels(batch_size, labels, run_seed, seeds)
-        guidance = ClassifierGuidance(self.classifier, classifier_scale) if classifier_scale > 0 else None
-        net = self.unet
-        if self.null_label is not None:
-            net = ClassifierFreeGuidance(cfg_scale, self.null_label).wrap_network(self.unet)
-        elif cfg_scale != 0:
-            raise ValueError(
-                "cfg_scale needs a model trained with label dropout (a null label); this one has none: use "
-                "classifier_scale with a classifier"
-            )
         options = {"eta": eta} if sampler == "ddim" else {}
         was_training = self.training
         self.eval()
         try:
-            x_0 = draw_images(
-                net,
-                self.diffusion,
-                functools.partial(SAMPLERS[sampler], steps=steps, spacing=spacing, **options),
+            x_0 = self.draw(
                 seeds,
+                sampler=build_sampler(sampler, steps=steps, spacing=spacing, **options),
+                plan=plan,
                 labels=y,
                 conditioning=conditioning,
-                guidance=guidance,
                 device=device,
                 progress=show_progress,
             )
@@ -434,11 +464,9 @@ def upsample(
         raise ValueError(
             "the upsampler is class-conditional: give the labels of the base samples (arr_1 of the .npz)"
         )
-    return draw_images(
-        unet,
-        diffusion,
-        sampler,
+    return ADM(unet, diffusion).draw(
         seeds,
+        sampler=sampler,
         labels=y if unet.num_classes is not None else None,
         conditioning={"low_res": low_res},
         device=low_res.device,

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from adm.recipes.sample import build_fabric
+from adm.recipes.sharded import build_fabric
 
 REPO = Path(__file__).resolve().parents[1]
 JOB_ID = "4242"
@@ -192,26 +191,21 @@ def test_sampling_under_srun_joins_the_tasks_the_cluster_started(monkeypatch: py
     assert fabric.world_size == 2
 
 
-def _compose_train(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("train", overrides=overrides, return_hydra_config=True)
-
-
-def test_run_directory_of_a_slurm_job_is_its_job_id(monkeypatch: pytest.MonkeyPatch):
+def test_run_directory_of_a_slurm_job_is_its_job_id(monkeypatch: pytest.MonkeyPatch, compose):
     monkeypatch.setenv("SLURM_JOB_ID", "777")
-    cfg = _compose_train([])
+    cfg = compose("train", hydra_node=True)
     assert cfg.hydra.run.dir.endswith("/train/777")
     monkeypatch.delenv("SLURM_JOB_ID")
-    cfg = _compose_train([])
+    cfg = compose("train", hydra_node=True)
     assert not cfg.hydra.run.dir.endswith("/train/777")
 
 
-def test_submitit_launcher_takes_nodes_and_gpus_from_the_trainer():
+def test_submitit_launcher_takes_nodes_and_gpus_from_the_trainer(compose):
     # The `slurm` extra (make install adds it): a missing plugin must fail here, not skip.
     import hydra_plugins.hydra_submitit_launcher  # noqa: F401
 
     overrides = ["hydra/launcher=slurm", "model=adm_u_64", "trainer.devices=8", "trainer.num_nodes=4"]
-    cfg = _compose_train([*overrides, "ckpt_path=auto"])
+    cfg = compose("train", [*overrides, "ckpt_path=auto"], hydra_node=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (4, 8, 8)

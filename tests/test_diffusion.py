@@ -19,12 +19,12 @@ from adm.diffusion import (
     Spacing,
     SpacingMethod,
     UniformSampler,
-    check_classifier_fits,
     create_timestep_sampler,
     discretized_gaussian_log_likelihood,
     normal_kl,
 )
 from adm.diffusion.schedules import cosine_betas, linear_betas
+from adm.sampling import check_classifier_fits
 
 
 def _diffusion(

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 from torch import nn
 
@@ -26,7 +25,7 @@ from adm.callbacks.sample_grid import sample_conditioning
 from adm.config import build_network, load_preset
 from adm.data import downsample_area
 from adm.diffusion import GaussianDiffusion, UniformSampler
-from adm.io.checkpoint import atomic_torch_save, load_checkpoint
+from adm.io.checkpoint import load_checkpoint
 from adm.io.images import from_uint8, to_uint8
 from adm.io.npz import BaseSamples
 from adm.lit import DiffusionModule
@@ -48,13 +47,6 @@ from adm.sampling.noise import generator_seed
 REPO = Path(__file__).resolve().parents[1]
 CONF = str(REPO / "conf")
 
-# 8x8 grey images, 3 classes: a checkpoint that samples in a fraction of a second on one CPU thread.
-TINY_UNET = dict(
-    _target_="adm.nn.UNet", image_size=8, in_channels=1, model_channels=32, num_res_blocks=1,
-    attention_resolutions=[], channel_mult=[1, 2], learn_sigma=True, num_classes=3, dropout=0.0, num_heads=1,
-    num_head_channels=32, num_heads_upsample=-1, use_scale_shift_norm=True, resblock_updown=True,
-    use_new_attention_order=True, use_checkpoint=False,
-)  # fmt: skip
 COSINE = dict(
     _target_="adm.diffusion.GaussianDiffusion.from_schedule", schedule="cosine", steps=1000,
     mean_type="epsilon", var_type="learned_range", loss_type="rescaled_mse", rescale_timesteps=False,
@@ -76,27 +68,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory) -> Path:
-    """A class-conditional checkpoint in the training layout (EMA weights in state_dict; random, not zero)."""
-    torch.manual_seed(0)
-    unet = build_network(TINY_UNET)
-    with torch.no_grad():  # the output layer starts at zero; give the model something to say
-        for p in unet.out.parameters():
-            p.normal_(0, 0.05)
-    ema = {f"unet.{k}": v.clone() for k, v in unet.state_dict().items()}
-    raw = {k: v + 0.05 * torch.randn_like(v) for k, v in ema.items()}
-    path = tmp_path_factory.mktemp("draw") / "tiny.ckpt"
-    atomic_torch_save(
-        {
-            "adm_config": {"model": TINY_UNET, "diffusion": COSINE, "data": {}},
-            "state_dict": ema,
-            "current_model_state": raw,
-            "adm_ema": {"rates": [0.999], "warmup": True, "state_dicts": {}},
-            "global_step": 1,
-        },
-        path,
-    )
-    return path
+def tiny_ckpt(tiny_ckpts) -> Path:
+    """A class-conditional checkpoint of 8x8 grey images, 3 classes, in the training layout (EMA and raw
+    weights; random, not zero): it samples in a fraction of a second on one CPU thread."""
+    return tiny_ckpts["model"]
 
 
 class Recorder(nn.Module):
@@ -236,7 +211,7 @@ def _grid_images(ckpt: Path, tmp_path: Path, seed: int, labels: list[int], sampl
     return to_uint8(grid.sample(trainer, module))
 
 
-def test_infer_recipe_and_grid_draw_the_same_images(tiny_ckpt, tmp_path):
+def test_infer_recipe_and_grid_draw_the_same_images(tiny_ckpt, tmp_path, compose):
     seed, labels, n = 11, [2, 0, 1, 1, 2], 5
     model = ADM.from_checkpoint(tiny_ckpt)
     infer = model.infer(n, labels=labels, sampler="ddim", steps=3, seed=seed)
@@ -247,8 +222,7 @@ def test_infer_recipe_and_grid_draw_the_same_images(tiny_ckpt, tmp_path):
         f"num_samples={n}", f"batch_size={n}", f"shard_size={n}", f"labels=[{','.join(map(str, labels))}]",
         "progress=false", "trainer.accelerator=cpu", f"out_dir={out}", f"paths.output_dir={out}",
     ]  # fmt: skip
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        result = sample_recipe(compose("sample", overrides=overrides))
+    result = sample_recipe(compose("sample", overrides))
     with np.load(result["samples"]) as data:
         recipe, recipe_labels = data["arr_0"], data["arr_1"]
 
@@ -304,33 +278,16 @@ def test_infer_upsamples_as_the_upsample_recipe():
 
 
 # --- ADM.from_checkpoint ----------------------------------------------------------------------------------
-def _classifier_ckpt(path: Path, image_size: int = 8, schedule: str = "cosine") -> Path:
-    cfg = dict(
-        _target_="adm.nn.EncoderUNet", image_size=image_size, in_channels=1, model_channels=32,
-        out_channels=3, num_res_blocks=1, attention_resolutions=[], channel_mult=[1, 2], pool="attention",
-        dropout=0.0, num_heads=1, num_head_channels=32, use_scale_shift_norm=True, resblock_updown=True,
-        use_new_attention_order=False, use_checkpoint=False,
-    )  # fmt: skip
-    torch.manual_seed(2)
-    net = build_network(cfg)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    state = {f"classifier.{k}": v for k, v in net.state_dict().items()}
-    config = {"classifier": cfg, "diffusion": {**COSINE, "schedule": schedule}, "data": {}}
-    atomic_torch_save({"adm_config": config, "state_dict": state, "global_step": 1}, path)
-    return path
-
-
-def test_from_checkpoint(tiny_ckpt, tmp_path):
+def test_from_checkpoint(tiny_ckpt, tmp_path, tiny_checkpoint):
     ema = ADM.from_checkpoint(tiny_ckpt)
     raw = ADM.from_checkpoint(tiny_ckpt, ema=False)
     assert ema.classifier is None and ema.num_classes == 3 and ema.diffusion.num_timesteps == 1000
     assert any(not torch.equal(a, b) for a, b in zip(ema.unet.parameters(), raw.unet.parameters()))
 
-    guided = ADM.from_checkpoint(tiny_ckpt, classifier_ckpt=_classifier_ckpt(tmp_path / "clf.ckpt"))
+    classifier = tiny_checkpoint("classifier", seed=2)
+    guided = ADM.from_checkpoint(tiny_ckpt, classifier_ckpt=classifier)
     plain = guided.infer(2, labels=1, sampler="ddim", steps=3, seed=0)
-    pushed = guided.infer(2, labels=1, sampler="ddim", steps=3, seed=0, classifier_scale=30.0)
+    pushed = guided.infer(2, labels=1, sampler="ddim", steps=3, seed=0, guidance="classifier", scale=30.0)
     assert torch.equal(plain["samples"], ema.infer(2, labels=1, sampler="ddim", steps=3, seed=0)["samples"])
     assert not torch.equal(plain["samples"], pushed["samples"])
 
@@ -340,18 +297,20 @@ def test_from_checkpoint(tiny_ckpt, tmp_path):
         ADM.from_checkpoint(tiny_ckpt, classifier_ckpt=tmp_path / "openai_clf.pt")
     with pytest.raises(ValueError, match="give the weights"):
         ADM.from_checkpoint(tiny_ckpt, classifier="adm_cls_tiny")
+    linear = tiny_checkpoint("classifier", overrides=["diffusion=linear"])
     with pytest.raises(ValueError, match="noising schedule=linear"):
-        ADM.from_checkpoint(tiny_ckpt, classifier_ckpt=_classifier_ckpt(tmp_path / "lin.ckpt", 8, "linear"))
+        ADM.from_checkpoint(tiny_ckpt, classifier_ckpt=linear)
+    big = tiny_checkpoint("classifier", overrides=["data.image_size=16"])
     with pytest.raises(ValueError, match="takes 16px images"):
-        ADM.from_checkpoint(tiny_ckpt, classifier_ckpt=_classifier_ckpt(tmp_path / "big.ckpt", 16))
+        ADM.from_checkpoint(tiny_ckpt, classifier_ckpt=big)
     with pytest.raises(ValueError, match="holds a noisy classifier"):
-        ADM.from_checkpoint(tmp_path / "clf.ckpt")
-    with pytest.raises(ValueError, match="not an adm training checkpoint"):
+        ADM.from_checkpoint(classifier)
+    with pytest.raises(ValueError, match="not one of our training checkpoints.*load_openai"):
         ADM.from_checkpoint(tmp_path / "openai_clf.pt")
 
 
 # --- upsamplers in the training callbacks -----------------------------------------------------------------
-def test_callbacks_condition_an_upsampler_on_real_images(tmp_path):
+def test_callbacks_condition_an_upsampler_on_real_images(tmp_path, compose):
     domain = tmp_path / "domain.pt"
     DomainClassifier(in_channels=1, image_size=16, num_classes=10, width=4).save(domain)
     overrides = [
@@ -363,9 +322,8 @@ def test_callbacks_condition_an_upsampler_on_real_images(tmp_path):
         f"callbacks.fid.feature_extractor.domain_ckpt={domain}",
         f"paths.output_dir={tmp_path / 'run'}",
     ]  # fmt: skip
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("train_superres", overrides=overrides)
-        grid_cfg = OmegaConf.load(Path(CONF) / "callbacks" / "sample_grid.yaml").sample_grid
+    cfg = compose("train_superres", overrides)
+    grid_cfg = OmegaConf.load(Path(CONF) / "callbacks" / "sample_grid.yaml").sample_grid
     grid_cfg.update({"every_n_steps": 0, "num_samples": 4, "sampler": {**grid_cfg.sampler, "steps": 2}})
     with open_dict(cfg):
         cfg.callbacks.sample_grid = grid_cfg

@@ -89,8 +89,11 @@ def test_infer_outputs_and_seeding(tiny):
 
 def test_infer_guidance(tiny):
     plain = tiny.infer(2, labels=4, sampler="ddim", steps=3, seed=0)
-    zero = tiny.infer(2, labels=4, sampler="ddim", steps=3, seed=0, classifier_scale=0.0)
-    guided = tiny.infer(2, labels=4, sampler="ddim", steps=3, seed=0, classifier_scale=50.0)
+    zero = tiny.infer(2, labels=4, sampler="ddim", steps=3, seed=0, guidance="classifier", scale=0.0)
+    guided = tiny.infer(2, labels=4, sampler="ddim", steps=3, seed=0, guidance="classifier", scale=50.0)
+    with pytest.warns(DeprecationWarning, match="classifier_scale"):  # the older spelling, same images
+        older = tiny.infer(2, labels=4, sampler="ddim", steps=3, seed=0, classifier_scale=50.0)
+    assert torch.equal(older["samples"], guided["samples"])
     assert torch.equal(plain["samples"], zero["samples"])
     assert not torch.equal(plain["samples"], guided["samples"])
 
@@ -105,7 +108,11 @@ def test_infer_guidance(tiny):
         ({"steps": 600, "spacing": "strided"}, "integer stride"),
         ({"steps": "ddim4"}, "number of steps"),
         ({"steps": 2000}, "cannot keep"),
-        ({"classifier_scale": -1.0}, "classifier_scale"),
+        ({"guidance": "classifier", "scale": -1.0}, "guidance.scale must be a finite number >= 0"),
+        ({"guidance": "classifier", "scale": float("nan")}, "guidance.scale must be a finite number"),
+        ({"guidance": "cfg", "scale": 1.0}, "needs a model trained with a null label"),
+        ({"guidance": "autoguide"}, "unknown guidance kind"),
+        ({"scale": 2.0}, "without a guidance kind"),
         ({"eta": 0.5}, "eta is a DDIM setting"),
         ({"seed": [1, 2, 3]}, "seeds"),
     ],
@@ -116,8 +123,8 @@ def test_infer_errors(tiny, kwargs, match):
 
 
 def test_guidance_without_classifier_is_an_error(tiny):
-    with pytest.raises(ValueError, match="needs a classifier"):
-        adm.ADM(tiny.unet, tiny.diffusion).infer(1, classifier_scale=1.0, steps=2)
+    with pytest.raises(ValueError, match="needs a noisy classifier"):
+        adm.ADM(tiny.unet, tiny.diffusion).infer(1, guidance="classifier", scale=1.0, steps=2)
 
 
 def test_mismatched_parts_are_errors(tiny):

@@ -38,7 +38,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 
 from adm.callbacks.progress import sampling_tqdm
-from adm.callbacks.sample_grid import label_classes, sample_conditioning, sampling_network
+from adm.callbacks.sample_grid import sample_conditioning, sampling_network
 from adm.metrics import FeatureExtractor, FeatureSet, compute_metrics, extract_features, reference_features
 from adm.metrics.evaluate import METRIC_KINDS, resolve_metrics
 from adm.metrics.names import NEEDS_REFERENCE
@@ -115,7 +115,7 @@ class FIDCallback(Callback):
     ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
         """Labels (num_samples,) and further conditioning of all samples (computed once, then kept)."""
         if self._conditioning is None:
-            classes = label_classes(pl_module, net)
+            classes = net.num_classes  # the data's classes (sampling_network)
             labels = None if classes is None else list(range(classes))  # label of sample i: i % num_classes
             self._conditioning = sample_conditioning(
                 trainer,

@@ -19,7 +19,7 @@ from adm.callbacks.ema import EMA
 from adm.callbacks.progress import sampling_tqdm
 from adm.io.grid import grid_image, label_captions, save_grid
 from adm.io.images import from_uint8, to_uint8
-from adm.sampling import LabelPlan, draw_images, sample_seed
+from adm.sampling import LabelPlan, draw_images, plan_guidance, sample_seed
 
 __all__ = ["SampleGrid", "class_names", "sampling_network", "sample_conditioning"]
 
@@ -27,11 +27,15 @@ log = logging.getLogger(__name__)
 
 
 def sampling_network(trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.nn.Module:
-    """The network callbacks sample with: the EMA one of the first :class:`EMA` rate, else the raw one."""
+    """The network callbacks sample with: the EMA one of the first :class:`EMA` rate, else the raw one, as
+    :func:`adm.sampling.plan_guidance` has it drawn unguided (a network trained with a null label is seen as
+    a network of the data's classes, so labels never draw the null one)."""
+    net = pl_module.unet
     for cb in trainer.callbacks:
         if isinstance(cb, EMA) and cb._average_model is not None:
-            return cb.averaged_module().unet
-    return pl_module.unet
+            net = cb.averaged_module().unet
+            break
+    return plan_guidance(None, 0.0, network=net, null_label=getattr(pl_module, "null_label", None)).network
 
 
 def sample_conditioning(
@@ -66,16 +70,9 @@ def sample_conditioning(
         return kwargs.pop("y", None), kwargs
     if net.num_classes is None:
         return None, {}
-    classes = label_classes(pl_module, net)
+    classes = net.num_classes  # the data's classes (sampling_network)
     spec = list(labels) if labels else list(range(classes))
     return torch.from_numpy(LabelPlan(spec, classes, seed)(range(count))), {}
-
-
-def label_classes(pl_module: pl.LightningModule, net: torch.nn.Module) -> int | None:
-    """The classes samples may ask for: the network's, less the null label of a classifier-free model."""
-    if net.num_classes is None:
-        return None
-    return net.num_classes - (1 if getattr(pl_module, "null_label", None) is not None else 0)
 
 
 def class_names(trainer: pl.Trainer | None, pl_module: pl.LightningModule) -> list[str] | None:
@@ -225,7 +222,7 @@ class SampleGrid(Callback):
         images = to_uint8(x_0)
         # One row per class when the labels cycle through the classes (not for real images' labels).
         cycling = not getattr(pl_module, "conditions_on_images", False)
-        num_classes = label_classes(pl_module, self._network(trainer, pl_module)) if cycling else None
+        num_classes = self._network(trainer, pl_module).num_classes if cycling else None
         nrow = self._nrow(len(images), num_classes)
         names = None if labels is None else label_captions(labels, class_names(trainer, pl_module))
         drawn = names if self.captions else None

@@ -39,6 +39,7 @@ __all__ = [
     "args_to_dict",
     "known_flags",
     "load_openai_checkpoint",
+    "network_from_flags",
     "parse_flags",
     "str2bool",
 ]
@@ -216,6 +217,17 @@ def load_openai_checkpoint(
         raise ValueError(
             f"{path} does not hold a plain state dict ({{name: tensor}}) as OpenAI's checkpoints do"
         )
+    return network_from_flags(state, flags, kind=kind, **flag_values)
+
+
+def network_from_flags(
+    state: Mapping[str, torch.Tensor],
+    flags: str | Sequence[str] | Mapping[str, Any] | None = None,
+    *,
+    kind: str | None = None,
+    **flag_values: Any,
+) -> nn.Module:
+    """:func:`load_openai_checkpoint` for a state dict already read (``{name: tensor}``)."""
     values = _merge_flags(flags, flag_values)
     if flags is None and not flag_values:
         from adm.config import build_network, fitting_presets

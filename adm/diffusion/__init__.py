@@ -5,7 +5,6 @@ Nothing in this package calls a network except ``calc_bpd`` (an evaluation loop)
 gaussian -> timestep_sampler, fit.
 """
 
-from adm.diffusion.fit import check_classifier_fits
 from adm.diffusion.gaussian import GaussianDiffusion
 from adm.diffusion.losses import (
     calc_bpd,
@@ -32,7 +31,6 @@ __all__ = [
     "ModelVarType",
     "Spacing",
     "SpacingMethod",
-    "check_classifier_fits",
     "calc_bpd",
     "discretized_gaussian_log_likelihood",
     "mean_flat",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import pickle
 from pathlib import Path
@@ -9,7 +11,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["safe_torch_load"]
+__all__ = ["safe_torch_load", "safe_torch_load_with_sha256"]
 
 
 def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
@@ -23,11 +25,34 @@ def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
         ValueError: the file needs arbitrary objects to unpickle, or it is truncated / corrupt / not a
             ``torch.save`` file.
     """
+    p = _existing(path)
+    return _load(p, p, map_location)
+
+
+def safe_torch_load_with_sha256(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[Any, str]:
+    """:func:`safe_torch_load` and the hex SHA-256 of the file's bytes, from one read of the file.
+
+    The bytes are hashed and unpickled from memory (for a moment the file's size twice), so a weights file of
+    a few GB is read from disk once, not once to identify it and once to load it.
+    """
+    p = _existing(path)
+    data = p.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    buffer = io.BytesIO(data)
+    del data
+    return _load(buffer, p, map_location), digest
+
+
+def _existing(path: str | os.PathLike) -> Path:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint not found: {p}" + (" (it is a directory)" if p.is_dir() else ""))
+    return p
+
+
+def _load(source: Path | io.BytesIO, p: Path, map_location: Any) -> Any:
     try:
-        return torch.load(p, map_location=map_location, weights_only=True)
+        return torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         msg = str(err)
         lines = [line.strip() for line in msg.splitlines() if line.strip()]

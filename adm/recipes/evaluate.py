@@ -16,6 +16,7 @@ Inception features are cached by the batch's content hash, so a guidance sweep c
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -222,3 +223,72 @@ def evaluate_samples(cfg: DictConfig) -> dict[str, Any]:
         with open_run(wandb, cfg.paths.output_dir, job_type="evaluate", config=settings) as run:
             log_evaluation(run, results)
     return results
+
+
+# --- scoring a sample run (scripts/sample.py, scripts/upsample.py with evaluate.reference / domain_ckpt) ----
+def check_scoring(ecfg: dict[str, Any], image_shape: tuple[int, int, int]) -> None:
+    """What scoring a run's samples will need, checked before anything is drawn: the Inception weights (a
+    reference without a domain classifier) and a reference of the samples' size and channels. An image folder
+    as ``evaluate.reference`` becomes its cached reference batch at the samples' size, stored in
+    ``ecfg["reference_batch"]``."""
+    if ecfg["reference"] is None:
+        return
+    from adm.metrics.inception import resolve_inception_weights
+
+    if ecfg["domain_ckpt"] is None:
+        resolve_inception_weights(ecfg["inception_weights"])  # FileNotFoundError saying where to put them
+    ecfg["reference_batch"] = resolve_reference(ecfg["reference"], image_shape)
+    check_same_images(np.zeros((1, *image_shape), dtype=np.uint8), load_reference(ecfg["reference_batch"]))
+
+
+def score_samples(
+    ecfg: dict[str, Any],
+    samples: str | Path,
+    out_dir: str | Path,
+    device: torch.device,
+    *,
+    record: dict[str, Any],
+    progress: bool = True,
+) -> dict[str, Any] | None:
+    """Score a run's merged samples when ``evaluate.reference`` / ``.domain_ckpt`` is set -> metrics.json.
+
+    Args:
+        ecfg: the run's ``evaluate`` settings (``conf/evaluate``).
+        samples: the merged sample file. out_dir: where metrics.json goes.
+        record: what the run was drawn with (sampler, steps, guidance, scale, seed, seconds per image, ...),
+            recorded beside the scores.
+    Returns:
+        The record written to metrics.json, or None when nothing is to be scored.
+    """
+    if ecfg["reference"] is None and ecfg["domain_ckpt"] is None:
+        return None
+    kind = "domain" if ecfg["domain_ckpt"] is not None else "inception"
+    extractor = build_extractor(
+        kind, inception_weights=ecfg["inception_weights"], domain_ckpt=ecfg["domain_ckpt"], device=device
+    )
+    metrics = ecfg["metrics"]
+    if metrics is None and ecfg["reference"] is None:
+        metrics = ["accuracy"]  # a domain classifier alone: does guidance give the class asked for?
+    start = time.perf_counter()
+    results = evaluate(
+        samples,
+        ecfg.get("reference_batch", ecfg["reference"]),
+        extractor,
+        list(metrics) if metrics is not None else None,
+        batch_size=ecfg["batch_size"],
+        progress=progress,
+        cache_dir=default_cache_dir() if kind == "inception" else None,  # a sweep computes the reference once
+    )
+    scored = {
+        **results,
+        **record,
+        "feature_extractor": kind,
+        "reference": ecfg["reference"],
+        "domain_ckpt": ecfg["domain_ckpt"],
+        "samples": str(samples),
+    }
+    path = Path(out_dir) / "metrics.json"
+    atomic_write_json(path, scored)
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in results.items() if isinstance(v, float))
+    log.info("scores (%s features, %.1f s): %s -> %s", kind, time.perf_counter() - start, shown, path)
+    return scored

@@ -4,9 +4,11 @@
     python scripts/upsample.py openai_ckpt=64_256_upsampler.pt model=adm_sr_64_256 base_samples=64.npz
     python scripts/upsample.py ckpt=sr.ckpt num_samples=64 'base="ckpt=base.ckpt guidance.scale=0"'
 
-The networks load exactly as in scripts/sample.py (our checkpoints describe themselves; OpenAI's weights take
-their preset). With ``base=...`` (scripts/sample.py settings) the base samples are drawn first into
-``out_dir/base`` with the same seed, count and devices; upsampling noise of sample i: upsample_seed(seed, i).
+The upsampler loads through the weights door as in scripts/sample.py (our checkpoints describe themselves;
+OpenAI's weights take their preset) into an ``adm.ADM`` that draws every image; the run (shards, devices,
+merge, grid, scores) is :mod:`adm.recipes.sharded`, as for scripts/sample.py. With ``base=...``
+(scripts/sample.py settings) the base samples are drawn first into ``out_dir/base`` with the same seed, count
+and devices; upsampling noise of sample i: upsample_seed(seed, i).
 """
 
 from __future__ import annotations
@@ -26,15 +28,16 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from adm.io.files import file_sha256
-from adm.io.grid import save_grid
 from adm.io.images import from_uint8, to_uint8
-from adm.io.npz import BaseSamples, read_images
-from adm.io.shards import ShardLayout, ShardStore, merge_shards
+from adm.io.npz import BaseSamples
+from adm.io.shards import ShardLayout, ShardStore
 from adm.nn import SuperResUNet
-from adm.pipeline import upsample as upsample_images
-from adm.recipes.sample import Loaded, build_fabric, generate_shards, load_model, score
+from adm.pipeline import ADM
+from adm.recipes.sample import load_model
 from adm.recipes.sample import sample as sample_base
-from adm.sampling import upsample_seed
+from adm.recipes.sharded import build_fabric, run_rank
+from adm.sampling import sampler_name, upsample_seed
+from adm.weights import Weights
 
 log = logging.getLogger("upsample")
 
@@ -42,13 +45,13 @@ log = logging.getLogger("upsample")
 _SHARED = ("seed", "num_samples", "out_dir", "paths.output_dir")
 
 
-def load_upsampler(cfg: DictConfig) -> tuple[Loaded, int | None]:
+def load_upsampler(cfg: dict[str, Any]) -> tuple[Weights, int | None]:
     """The upsampler and its process (as scripts/sample.py loads models), and the low-res side it expects.
 
     The low-res side is the network's ``low_res_size``: our checkpoints record it with the network, OpenAI's
     weights take it from their preset (``model=adm_sr_64_256`` -> 64); None when unknown (not checked).
     """
-    if cfg.flags is not None:
+    if cfg["flags"] is not None:
         raise ValueError(
             "flags=... is not supported for upsamplers; give OpenAI's upsampler weights their preset "
             "instead, e.g. openai_ckpt=64_256_upsampler.pt model=adm_sr_64_256 (or model=adm_sr_128_512)"
@@ -56,7 +59,7 @@ def load_upsampler(cfg: DictConfig) -> tuple[Loaded, int | None]:
     loaded = load_model(cfg)
     if not isinstance(loaded.network, SuperResUNet):
         raise ValueError(
-            f"{cfg.ckpt or cfg.openai_ckpt} holds a {type(loaded.network).__name__}, not an upsampler; "
+            f"{cfg['ckpt'] or cfg['openai_ckpt']} holds a {type(loaded.network).__name__}, not an upsampler; "
             'sample base models with scripts/sample.py (or pass them as base="ckpt=...")'
         )
     return loaded, loaded.network.low_res_size
@@ -95,7 +98,7 @@ class UpsampleDrawer:
     """Draws upsampled samples by index: base images (a sample file, or any ``base(indices)``) -> upsampler.
 
     ``draw(indices) -> (uint8 (n, H, W, C), labels)`` like the sample recipe's drawer, so
-    :func:`~adm.recipes.sample.generate_shards` writes its output as sharded ``.npz`` files. The upsampler
+    :func:`~adm.recipes.sharded.generate_shards` writes its output as sharded ``.npz`` files. The upsampler
     sees each base image as a sample file stores it (uint8 -> [-1, 1]); image i's noise comes from
     ``upsample_seed(seed, i)`` (:func:`adm.pipeline.upsample`, which goes through ``draw_images``).
 
@@ -122,7 +125,8 @@ class UpsampleDrawer:
         low_res_size: int | None = None,
         autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
     ) -> None:
-        self.unet, self.diffusion, self.sampler, self.base = unet.eval(), diffusion, sampler, base
+        self.model = ADM(unet.eval(), diffusion)
+        self.unet, self.diffusion, self.sampler, self.base = self.model.unet, diffusion, sampler, base
         self.seed, self.device, self.autocast = int(seed), torch.device(device), autocast
         self.low_res_size = None if low_res_size is None else int(low_res_size)
 
@@ -130,6 +134,18 @@ class UpsampleDrawer:
     def labels(self) -> Callable[[range], np.ndarray | None] | None:
         """The labels of samples by index (those of the base stage)."""
         return getattr(self.base, "labels", None)
+
+    @property
+    def record(self) -> dict[str, Any]:
+        """What the images are drawn with, as metrics.json records it (upsampling is never guided)."""
+        options = getattr(self.sampler, "keywords", {})
+        return {
+            "guidance": None,
+            "guidance_scale": 0.0,
+            "sampler": sampler_name(self.sampler),
+            "steps": options.get("steps"),
+            "eta": options.get("eta"),
+        }
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -151,13 +167,12 @@ class UpsampleDrawer:
                 "base model with labels, or use an unconditional upsampler"
             )
         y = None if labels is None else torch.as_tensor(labels, dtype=torch.int64, device=self.device)
-        x_0 = upsample_images(
-            self.unet,
-            self.diffusion,
-            self.sampler,
-            from_uint8(base_images).to(self.device),
-            seeds=[upsample_seed(self.seed, i) for i in indices],
-            y=y,
+        x_0 = self.model.draw(
+            [upsample_seed(self.seed, i) for i in indices],
+            sampler=self.sampler,
+            labels=y if self.unet.num_classes is not None else None,
+            conditioning={"low_res": from_uint8(base_images).to(self.device)},
+            device=self.device,
             autocast=self.autocast,
         )
         return to_uint8(x_0), labels
@@ -165,8 +180,7 @@ class UpsampleDrawer:
 
 def build_run(fabric: Fabric, cfg: dict[str, Any]) -> tuple[ShardStore, UpsampleDrawer]:
     """Load the upsampler and the base images on this process, and describe the run's files."""
-    dcfg = DictConfig(cfg)
-    loaded, low_res_size = load_upsampler(dcfg)
+    loaded, low_res_size = load_upsampler(cfg)
     base = BaseSamples.load(cfg["base_samples"])
     num_samples = len(base) if cfg["num_samples"] is None else int(cfg["num_samples"])
     if num_samples > len(base):
@@ -176,7 +190,7 @@ def build_run(fabric: Fabric, cfg: dict[str, Any]) -> tuple[ShardStore, Upsample
     drawer = UpsampleDrawer(
         unet=loaded.network.to(fabric.device),
         diffusion=loaded.diffusion,
-        sampler=instantiate(dcfg.sampler),
+        sampler=instantiate(cfg["sampler"]),
         base=base,
         seed=cfg["seed"],
         device=fabric.device,
@@ -210,53 +224,6 @@ def build_run(fabric: Fabric, cfg: dict[str, Any]) -> tuple[ShardStore, Upsample
     return store, drawer
 
 
-def _is_complete(store: ShardStore) -> bool:
-    """True when the merged file of this run (same settings: ``prepare`` checked them) is already there."""
-    try:
-        images, _ = read_images(store.merged_path, 0)
-    except (OSError, ValueError, KeyError):
-        return False
-    return images.shape[1:] == store.image_shape
-
-
-def run_rank(fabric: Fabric, cfg: dict[str, Any]) -> dict[str, Any] | None:
-    """One process: its shards, then (rank 0) merge, grid and scores. Returns rank 0's summary."""
-    store, drawer = build_run(fabric, cfg)
-    done = False
-    if fabric.global_rank == 0:
-        store.prepare()  # refuses a folder holding samples of other settings
-        done = _is_complete(store)
-    done = fabric.broadcast(done, src=0)
-    counts = {"generated": 0, "skipped": store.layout.num_shards}
-    if not done:
-        counts = generate_shards(
-            store,
-            drawer,
-            batch_size=cfg["batch_size"],
-            rank=fabric.global_rank,
-            world_size=fabric.world_size,
-            progress=cfg["progress"],
-        )
-    fabric.barrier()
-    if fabric.global_rank != 0:
-        return None
-    if not done:
-        merge_shards(store, delete_shards=not cfg["keep_shards"])
-    images, _ = read_images(store.merged_path, cfg["grid_size"])
-    save_grid(images, Path(cfg["out_dir"]) / "grid.png", nrow=cfg["grid_nrow"])
-    result: dict[str, Any] = {
-        "samples": str(store.merged_path),
-        "base_samples": cfg["base_samples"],
-        "grid": str(Path(cfg["out_dir"]) / "grid.png"),
-        "generated_shards": counts["generated"],
-        "skipped_shards": counts["skipped"],
-    }
-    metrics = score({**cfg, "guidance": None}, store, fabric.device)
-    if metrics is not None:
-        result["metrics"] = metrics
-    return result
-
-
 def upsample(cfg: DictConfig) -> dict[str, Any]:
     """Resolve the config, draw the base samples if asked, upsample them; returns rank 0's summary."""
     plain = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
@@ -274,4 +241,7 @@ def upsample(cfg: DictConfig) -> dict[str, Any]:
     log.info(
         "upsampling %s into %s (%d device(s))", plain["base_samples"], plain["out_dir"], fabric.world_size
     )
-    return fabric.launch(run_rank, plain)
+    result = fabric.launch(run_rank, plain, build_run)
+    if result is not None:  # rank 0
+        result["base_samples"] = plain["base_samples"]
+    return result

@@ -17,14 +17,29 @@ sampling loop calls: one image per seed (``sample_seed(seed, i)``; ``upsample_se
 upsampling stage), labels by index from :class:`LabelPlan`.
 """
 
-from adm.sampling.cfg import ClassifierFreeGuidance, ClassifierFreeNetwork, null_label_of
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from adm.sampling.classifier_free import ClassifierFreeGuidance, ClassifierFreeNetwork, null_label_of
 from adm.sampling.ddim import ddim_sample, ddim_step
 from adm.sampling.ddpm import ddpm_sample, ddpm_step
 from adm.sampling.dpm_solver import dpm_solver_timesteps, dpmpp_2m_sample, dpmpp_3m_sample, dpmpp_sample
 from adm.sampling.draw import LabelPlan, draw_images, random_label
-from adm.sampling.guidance import ClassifierGuidance, CondFnGuidance, Guidance
+from adm.sampling.guidance import (
+    GUIDANCE_KINDS,
+    ClassifierGuidance,
+    CondFnGuidance,
+    Guidance,
+    GuidanceKind,
+    GuidancePlan,
+    check_classifier_fits,
+    plan_guidance,
+)
 from adm.sampling.noise import PerSampleNoise, sample_seed, upsample_seed
 
+# The samplers by the name users type (``sampler=<name>``, ``ADM.infer(sampler=<name>)``); every one has the
+# signature above. A sampler config (conf/sampler/<name>.yaml) is a partial of one of these functions.
 SAMPLERS = {
     "ddpm": ddpm_sample,
     "ddim": ddim_sample,
@@ -32,8 +47,35 @@ SAMPLERS = {
     "dpmpp_3m": dpmpp_3m_sample,
 }
 
+
+def sampler_name(sampler: Callable[..., Any]) -> str:
+    """The registered name of a sampler function or of a partial of one (``functools.partial(ddim_sample,
+    steps=25)`` -> "ddim"); ValueError for a function that is not in :data:`SAMPLERS`."""
+    func = sampler
+    while isinstance(func, functools.partial):
+        func = func.func
+    for name, registered in SAMPLERS.items():
+        if func is registered:
+            return name
+    raise ValueError(f"{sampler!r} is not a registered sampler; the samplers are {sorted(SAMPLERS)}")
+
+
+def build_sampler(name: str, **options: Any) -> functools.partial:
+    """The sampler registered as `name` with its options bound (``build_sampler("ddim", steps=25)``)."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; use one of {sorted(SAMPLERS)}")
+    return functools.partial(SAMPLERS[name], **options)
+
+
 __all__ = [
+    "GUIDANCE_KINDS",
     "SAMPLERS",
+    "GuidanceKind",
+    "GuidancePlan",
+    "build_sampler",
+    "check_classifier_fits",
+    "plan_guidance",
+    "sampler_name",
     "ClassifierFreeGuidance",
     "ClassifierFreeNetwork",
     "ClassifierGuidance",

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from adm.sampling.cfg import ClassifierFreeNetwork
+from adm.sampling.classifier_free import ClassifierFreeNetwork
 from adm.sampling.guidance import Guidance
 from adm.sampling.noise import PerSampleNoise
 

@@ -40,7 +40,7 @@ from adm.recipes.demo import METRICS, _path, train_network
 from adm.recipes.sample import sample
 from adm.recipes.train import train, train_classifier
 
-log = logging.getLogger("compare")
+log = logging.getLogger("compare_samplers")
 
 WITHIN = 0.05  # "as good as DDPM-250": FID at most 5% above it
 COLUMNS = ("sampler", "steps", "guidance", "scale", *METRICS, "seconds_per_image")
