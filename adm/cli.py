@@ -140,7 +140,7 @@ def demo(cfg: DictConfig) -> None:
 @hydra.main(version_base=_VERSION, config_path=_CONF, config_name="compare_samplers")
 @usage_errors
 def compare_samplers(cfg: DictConfig) -> None:
-    """Samplers x guidance (none, classifier, classifier-free) on demo networks (``conf/compare_samplers.yaml``)."""
+    """Samplers x guidance (none, classifier, classifier-free) on the demo networks."""
     from adm.recipes.compare_samplers import run_compare as recipe
 
     recipe(cfg)

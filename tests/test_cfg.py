@@ -11,7 +11,6 @@ from torch import nn
 
 from adm.config import build_network
 from adm.diffusion import GaussianDiffusion, UniformSampler
-from adm.io.files import atomic_torch_save
 from adm.lit.diffusion import DiffusionModule
 from adm.recipes.sweep import collect_runs
 from adm.sampling import (
@@ -218,32 +217,21 @@ def test_label_dropout_trains_the_null_label_and_is_recorded():
         module(1.0)
 
 
-def test_sample_recipe_with_cfg_and_the_sweep_columns(tmp_path, monkeypatch):
-    from test_sample import COSINE, run
-
+def test_sample_recipe_with_cfg_and_the_sweep_columns(
+    tmp_path, monkeypatch, tiny_checkpoint, tiny_ckpts, run_sample
+):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    torch.manual_seed(0)
-    net_cfg = {**tiny_unet(NULL + 1), "learn_sigma": True}
-    unet = build_network(net_cfg)
-    with torch.no_grad():
-        for p in unet.parameters():  # zero-initialised layers (the output, residual branches) hide labels
-            if not p.any():
-                p.normal_(0, 0.05)
-    ckpt = tmp_path / "cfg.ckpt"
-    config = {
-        "model": net_cfg,
-        "diffusion": {**COSINE, "noise_schedule": "linear", "predict_xstart": True},
-        "data": {},
-        "classifier_free": {"label_dropout": 0.1, "null_label": NULL},
-    }
-    state = {f"unet.{k}": v for k, v in unet.state_dict().items()}
-    atomic_torch_save({"adm_config": config, "state_dict": state, "global_step": 1}, ckpt)
+    # trained with label dropout: NULL data classes and the null label (random weights, zero layers drawn too)
+    ckpt = tiny_checkpoint(
+        overrides=["diffusion=linear_xstart", f"data.num_classes={NULL}", f"model.num_classes={NULL + 1}"],
+        classifier_free={"label_dropout": 0.1, "null_label": NULL},
+    )
     common = [f"ckpt={ckpt}", "num_samples=6", "batch_size=6", "progress=false", "labels=random"]
     fast = ["sampler=dpmpp_2m", "sampler.steps=3"]
     runs = tmp_path / "sweep"
-    guided = run([*common, *fast, "guidance=cfg", "guidance.scale=2"], runs / "0")
-    plain = run([*common, *fast, "guidance=cfg", "guidance.scale=0"], runs / "1")
-    run([*common, "sampler=ddim", "sampler.steps=3"], runs / "2")  # default guidance, scale 0
+    guided = run_sample([*common, *fast, "guidance=cfg", "guidance.scale=2"], runs / "0")
+    plain = run_sample([*common, *fast, "guidance=cfg", "guidance.scale=0"], runs / "1")
+    run_sample([*common, "sampler=ddim", "sampler.steps=3"], runs / "2")  # default guidance, scale 0
     with np.load(guided["samples"]) as a, np.load(plain["samples"]) as b:
         assert a["arr_1"].max() < NULL and np.array_equal(a["arr_1"], b["arr_1"])  # never the null label
         assert not np.array_equal(a["arr_0"], b["arr_0"])
@@ -254,9 +242,7 @@ def test_sample_recipe_with_cfg_and_the_sweep_columns(tmp_path, monkeypatch):
         "dpmpp_2m",
     )
     assert (rows["2"]["guidance"], rows["2"]["sampler"]) == ("classifier", "ddim")
-    from test_sample import write_tiny_checkpoints
-
-    tiny = write_tiny_checkpoints(tmp_path / "tiny")
+    tiny = tiny_ckpts
     # A sweep over guidance=classifier,cfg gives the classifier to both: classifier-free runs ignore it.
     with_classifier = [
         *common,
@@ -265,16 +251,16 @@ def test_sample_recipe_with_cfg_and_the_sweep_columns(tmp_path, monkeypatch):
         "guidance.scale=2",
         f"classifier_ckpt={tiny['classifier']}",
     ]
-    ignored = run(with_classifier, runs / "3")
+    ignored = run_sample(with_classifier, runs / "3")
     with np.load(guided["samples"]) as a, np.load(ignored["samples"]) as b:
         assert np.array_equal(a["arr_0"], b["arr_0"])
     with pytest.raises(ValueError, match="null label"):
-        run([f"ckpt={tiny['model']}", *fast, "guidance=cfg", "guidance.scale=1"], tmp_path / "y")
+        run_sample([f"ckpt={tiny['model']}", *fast, "guidance=cfg", "guidance.scale=1"], tmp_path / "y")
 
 
 # --- the comparison's findings ------------------------------------------------------------------------------
 def _rows():
-    from adm.recipes.compare import _row
+    from adm.recipes.compare_samplers import _row
 
     table = [  # (sampler, steps, guidance, scale, fid, accuracy)
         ("dpmpp_2m_10", 10, "classifier", 2.0, 3.0, 0.90),
@@ -291,7 +277,7 @@ def _rows():
 
 
 def test_comparison_findings():
-    from adm.recipes.compare import fewest_steps, format_table, matched_accuracy
+    from adm.recipes.compare_samplers import fewest_steps, format_table, matched_accuracy
 
     rows = _rows()
     found = {(f["guidance"], f["scale"]): f for f in fewest_steps(rows, "ddpm_250", "dpmpp")}
@@ -317,25 +303,27 @@ def test_pipeline_infer_with_cfg_and_the_new_samplers():
     assert adm.num_classes == NULL
     labels = [0, 1, 2]
     plain = adm.infer(3, labels=labels, sampler="dpmpp_2m", steps=4, seed=1)
-    guided = adm.infer(3, labels=labels, sampler="dpmpp_2m", steps=4, seed=1, cfg_scale=3.0)
+    guided = adm.infer(3, labels=labels, sampler="dpmpp_2m", steps=4, seed=1, guidance="cfg", scale=3.0)
     assert not torch.equal(plain["samples"], guided["samples"])
     random = adm.infer(32, sampler="dpmpp_3m", steps=3, seed=0)["labels"]
     assert int(random.max()) < NULL  # random labels never draw the null label
-    with pytest.raises(ValueError, match="cfg_scale needs a model trained with label dropout"):
-        ADM(unet, process()).infer(1, labels=[0], sampler="ddim", steps=2, cfg_scale=1.0)
+    with pytest.raises(ValueError, match="guidance=cfg guidance.scale=1 needs a model trained with a null"):
+        ADM(unet, process()).infer(1, labels=[0], sampler="ddim", steps=2, guidance="cfg", scale=1.0)
 
 
 def test_training_callbacks_never_ask_for_the_null_label():
     """A classifier-free model's grid / FID samples cycle through the data's classes, not its null label."""
     from types import SimpleNamespace
 
-    from adm.callbacks.sample_grid import label_classes, sample_conditioning
+    from adm.callbacks.sample_grid import sample_conditioning, sampling_network
 
-    net = SimpleNamespace(num_classes=11)
-    cfg_module = SimpleNamespace(null_label=10, conditions_on_images=False)
-    plain_module = SimpleNamespace(null_label=None, conditions_on_images=False)
-    labels, extra = sample_conditioning(None, cfg_module, net, 33, seed=0, labels=None, split="val")
+    unet = SimpleNamespace(num_classes=11, in_channels=1, image_size=8)
+    trainer = SimpleNamespace(callbacks=[])
+    cfg_module = SimpleNamespace(unet=unet, null_label=10, conditions_on_images=False)
+    plain_module = SimpleNamespace(unet=unet, null_label=None, conditions_on_images=False)
+    cfg_net, plain_net = sampling_network(trainer, cfg_module), sampling_network(trainer, plain_module)
+    assert cfg_net.num_classes == 10 and plain_net.num_classes == 11  # the data's classes
+    labels, extra = sample_conditioning(None, cfg_module, cfg_net, 33, seed=0, labels=None, split="val")
     assert extra == {} and labels.tolist() == [i % 10 for i in range(33)]
-    assert label_classes(cfg_module, net) == 10 and label_classes(plain_module, net) == 11
-    labels, _ = sample_conditioning(None, plain_module, net, 33, seed=0, labels=None, split="val")
+    labels, _ = sample_conditioning(None, plain_module, plain_net, 33, seed=0, labels=None, split="val")
     assert labels.max().item() == 10

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -27,9 +26,12 @@ def _fake_job(sweep: Path, job: int, scale: float, metrics: dict | None, overrid
     (folder / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(overrides))
     fingerprint = {
         "sampler": {"_target_": "adm.sampling.ddim_sample", "steps": 25},
-        "guidance": {"scale": scale},
+        "guidance": {"kind": "classifier", "scale": scale},
     }
-    (folder / "sample_info.json").write_text(json.dumps({"fingerprint": fingerprint, "num_samples": 100}))
+    # what the sample recipe records of the run: its sampler and guidance by their registered names
+    drawn = {"sampler": "ddim", "steps": 25, "eta": 0.0, "guidance": "classifier", "guidance_scale": scale}
+    info = {"fingerprint": fingerprint, "num_samples": 100, "drawn_with": drawn}
+    (folder / "sample_info.json").write_text(json.dumps(info))
     if metrics is not None:
         (folder / "metrics.json").write_text(json.dumps(metrics))
     Image.fromarray(np.full((10, 10), 40 * job, dtype=np.uint8)).save(folder / "grid.png")
@@ -84,17 +86,14 @@ def test_summary_as_text():
     assert len({len(line) for line in lines}) == 1  # columns line up
 
 
-def test_sweep_config_composes():
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("sample", overrides=["sweep=guidance_scale"], return_hydra_config=True)
+def test_sweep_config_composes(compose):
+    cfg = compose("sample", ["sweep=guidance_scale"], hydra_node=True)
     assert cfg.hydra.sweeper.params["guidance.scale"] == "0,0.5,1,2,4,10"
     assert cfg.hydra.callbacks.sweep_summary._target_ == "adm.recipes.sweep.SweepSummary"
 
 
-def test_multirun_over_guidance_scales(tmp_path):
-    from test_sample import write_tiny_checkpoints
-
-    ckpts = write_tiny_checkpoints(tmp_path / "ckpts")
+def test_multirun_over_guidance_scales(tmp_path, tiny_ckpts):
+    ckpts = tiny_ckpts
     DomainClassifier(in_channels=1, image_size=8, num_classes=3, width=2).save(tmp_path / "domain.pt")
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "ref.npz", arr_0=rng.integers(0, 256, (16, 8, 8, 1), dtype=np.uint8))

@@ -7,7 +7,7 @@
   and ``make_reference`` (a reference batch from an image folder);
 - :mod:`adm.recipes.sweep`: the multirun summary (``SweepSummary``, ``collect_runs``, ``format_summary``);
 - :mod:`adm.recipes.demo`: ``run_demo`` (``make demo``);
-- :mod:`adm.recipes.compare_samplers`: samplers x guidance kinds on the demo's models (``compare_samplers.py``);
+- :mod:`adm.recipes.compare_samplers`: samplers x guidance kinds on the demo's models;
 - :mod:`adm.recipes.runs`: run directories (``resume=DIR``, guarded configs, SLURM job folders).
 
 Entry points (``scripts/*.py``, ``adm-*`` console scripts) live in :mod:`adm.cli`.

@@ -206,6 +206,7 @@ def build_run(fabric: Fabric, cfg: dict[str, Any]) -> tuple[ShardStore, ShardDra
         "batch_size": cfg["batch_size"],
         "world_size": fabric.world_size,
         "device": str(fabric.device),
+        "drawn_with": drawer.record,
     }
     store = ShardStore(
         cfg["out_dir"],

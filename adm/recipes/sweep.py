@@ -55,8 +55,6 @@ _COLUMNS = (
     *METRIC_COLUMNS,
     "seconds_per_image",
 )
-_GUIDANCE_NAMES = {"ClassifierGuidance": "classifier", "ClassifierFreeGuidance": "cfg"}
-
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
@@ -82,22 +80,16 @@ def collect_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
         info = _read_json(job_dir / "sample_info.json")
         if info is None:
             continue
-        fingerprint = info.get("fingerprint", {})
-        sampler = fingerprint.get("sampler", {})
-        guidance = fingerprint.get("guidance") or {}
+        drawn = info.get("drawn_with") or {}  # the sampler and guidance, by their registered names
         metrics = _read_json(job_dir / "metrics.json") or {}
-        target = str(sampler.get("_target_", ""))
-        name = target.rsplit(".", 1)[-1].removesuffix("_sample")
         row: dict[str, Any] = {
             "dir": str(job_dir),
             "job": job_dir.name,
             "overrides": " ".join(_overrides(job_dir)),
-            "guidance": _GUIDANCE_NAMES.get(
-                str(guidance.get("_target_", "")).rsplit(".", 1)[-1], guidance.get("_target_")
-            ),
-            "guidance_scale": float(guidance.get("scale", 0.0)),
-            "sampler": name,
-            "steps": sampler.get("steps"),
+            "guidance": drawn.get("guidance"),
+            "guidance_scale": float(drawn.get("guidance_scale") or 0.0),
+            "sampler": drawn.get("sampler"),
+            "steps": drawn.get("steps"),
             "num_samples": info.get("num_samples"),
         }
         row.update({m: metrics.get(m) for m in METRIC_COLUMNS})
