@@ -13,6 +13,7 @@ directory stops with a :class:`UsageError` before anything is written.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import signal
@@ -57,6 +58,45 @@ def _override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+# Keys the config layout moved (old dotted key -> new one). A run directory saved before a move holds the
+# old key in its saved config and overrides; both are read with the key at its new place.
+MOVED_KEYS = {"label_dropout": "module.label_dropout"}
+
+
+def _moved_key(key: str) -> str:
+    """A dotted key of an older layout -> its key now (:data:`MOVED_KEYS`); other keys as they are."""
+    for old, new in MOVED_KEYS.items():
+        if key == old or key.startswith(f"{old}."):
+            return new + key[len(old) :]
+    return key
+
+
+def _moved_override(override: str) -> str:
+    """A saved override with its key as it is now: ``label_dropout=0.1`` -> ``module.label_dropout=0.1``."""
+    key = _override_key(override)
+    sign = override[: len(override) - len(override.lstrip("+~"))]
+    return sign + _moved_key(key) + override[len(sign) + len(key) :]
+
+
+def _current_layout(plain: dict[str, Any]) -> dict[str, Any]:
+    """A plain config with the values of moved keys (:data:`MOVED_KEYS`) at their new places."""
+    out = copy.deepcopy(plain)
+    for old, new in MOVED_KEYS.items():
+        *path, leaf = old.split(".")
+        node: Any = out
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            continue
+        value = node.pop(leaf)
+        *path, leaf = new.split(".")
+        node = out
+        for part in path:
+            node = node.setdefault(part, {})
+        node.setdefault(leaf, value)
+    return out
+
+
 def expand_resume(args: list[str]) -> list[str]:
     """``resume=DIR [more]`` -> DIR's saved overrides + ``hydra.run.dir=DIR ckpt_path=last`` + ``more``.
 
@@ -79,15 +119,17 @@ def expand_resume(args: list[str]) -> list[str]:
         raise UsageError(f"{RESUME_KEY}= resumes one run: drop -m / --multirun")
     extra = [a for a in args if not a.startswith(f"{RESUME_KEY}=")]
     given_keys = {_override_key(a) for a in extra} | {"ckpt_path", "hydra.run.dir"}
-    keep = [str(o) for o in OmegaConf.load(saved) if _override_key(str(o)) not in given_keys]
+    saved_overrides = [_moved_override(str(o)) for o in OmegaConf.load(saved)]
+    keep = [o for o in saved_overrides if _override_key(o) not in given_keys]
     has_ckpt = any(_override_key(a) == "ckpt_path" for a in extra)
     return [*keep, f"hydra.run.dir={run_dir}", *([] if has_ckpt else ["ckpt_path=last"]), *extra]
 
 
 def _task_part(cfg: Any) -> dict[str, Any]:
-    """The config without the ``hydra`` node, unresolved, as plain containers."""
+    """The config without the ``hydra`` node, unresolved, as plain containers, in the current layout (a
+    config saved before a key moved has it at its new place: :data:`MOVED_KEYS`)."""
     plain = OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else dict(cfg)
-    return {k: v for k, v in plain.items() if k != "hydra"}
+    return _current_layout({k: v for k, v in plain.items() if k != "hydra"})
 
 
 def _differences(

@@ -259,9 +259,10 @@ def log_written(checkpoint_dir: Path, before: dict[str, int], step: int) -> None
 
 
 def train(cfg: DictConfig) -> pl.Trainer:
-    """Train the diffusion model ``cfg.model`` (a UNet) on ``cfg.data``."""
-    dropout = float(cfg.get("label_dropout") or 0.0)  # classifier-free guidance training (conf/train.yaml)
-    return fit(cfg, "model", lambda unet, **kw: DiffusionModule(unet=unet, label_dropout=dropout, **kw))
+    """Train the diffusion model ``cfg.model`` (a UNet) on ``cfg.data``; ``cfg.module`` holds the module's own
+    settings (``conf/module/diffusion.yaml``: ``label_dropout`` for classifier-free guidance)."""
+    settings = OmegaConf.to_container(cfg.module, resolve=True) if cfg.get("module") else {}
+    return fit(cfg, "model", lambda unet, **kw: DiffusionModule(unet=unet, **settings, **kw))
 
 
 def train_classifier(cfg: DictConfig) -> pl.Trainer:
