@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from adm.nn.attention import AttentionPool2d
 from adm.nn.classifier import EncoderUNet
 from adm.nn.unet import SuperResUNet, UNet, _as_mult
 
@@ -73,16 +74,31 @@ class _FP16Mixin:
         return parts
 
     def convert_to_fp16(self) -> None:
-        """Run the trunk (input, middle, output blocks) in float16; embeddings and the head stay float32."""
+        """Run the trunk (input, middle, output blocks) in float16; embeddings and the head stay float32.
+
+        The float16 trunk follows OpenAI's order of float16 operations (the blocks switch to it when their
+        weights are float16), and the classifier's attention-pool head switches to OpenAI's float32 order
+        (see :class:`adm.nn.attention.AttentionPool2d`), so that logits and guidance gradients match
+        OpenAI's fp16 run to float32 rounding rather than to float16 rounding.
+        """
         for part in self._trunk():
             part.apply(convert_module_to_f16)
         self._trunk_dtype = torch.float16
+        self._set_head_order(True)
 
     def convert_to_fp32(self) -> None:
         """Back to a float32 trunk."""
         for part in self._trunk():
             part.apply(convert_module_to_f32)
         self._trunk_dtype = None
+        self._set_head_order(False)
+
+    def _set_head_order(self, openai_order: bool) -> None:
+        head = getattr(self, "out", None)
+        if isinstance(head, nn.Module):
+            for module in head.modules():
+                if isinstance(module, AttentionPool2d):
+                    module.openai_order = openai_order
 
     @property
     def dtype(self) -> torch.dtype:
