@@ -17,7 +17,9 @@ shape; consumers pass ``y=None`` to the network when ``datamodule.num_classes is
 
 The configs (``conf/data/*.yaml``) declare ``channels`` and ``num_classes``, which the networks read by
 interpolation (``${data.channels}``); each module checks them against what it finds (one ValueError naming
-the value to set). From Python, ``class_cond=True`` takes the classes found instead.
+the value to set). From Python, ``class_cond=True`` takes the classes found instead. Image folders also take
+``auto`` for both (``data=imagefolder``'s default): :func:`folder_values` reads them from the folder, and the
+training recipe settles them with it before anything is built (``adm.recipes.train``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import functools
 import logging
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytorch_lightning as pl
@@ -34,9 +37,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from adm.data.folder import ImageFileDataset, find_images, folder_labels
+from adm.data.folder import ImageFileDataset, find_images, folder_channels, folder_labels
 from adm.data.loading import ResumableLoader, resumable_loader
 from adm.data.transforms import AdmImageTransform
+from adm.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,7 @@ __all__ = [
     "ImageFolderDataModule",
     "MNIST5kDataModule",
     "MNISTDataModule",
+    "folder_values",
 ]
 
 SPLITS = ("train", "val", "all")
@@ -68,18 +73,26 @@ def _check_configured(
     found_classes: list[str] | None,
     channels: int | None,
     num_classes: int | None,
+    folder: bool = False,
 ) -> None:
-    """The configured channels / class count (None: not configured) must be what the data holds."""
+    """The configured channels / class count (None: not configured) must be what the data holds (else a
+    UsageError naming both and the value to set; `folder`: an image folder, which also takes ``auto``)."""
     if channels is not None and int(channels) != found_channels:
-        raise ValueError(
+        raise UsageError(
             f"data.channels={channels} but {what} has {found_channels}-channel images; set "
             f"data.channels={found_channels}"
         )
     if num_classes is not None and found_classes is not None and int(num_classes) != len(found_classes):
         shown = ", ".join(found_classes[:5]) + (", ..." if len(found_classes) > 5 else "")
-        raise ValueError(
+        others = (
+            ", or auto to read it from the folder (data=imagefolder's default), or null for unconditional "
+            "training"
+            if folder
+            else " (or null for unconditional training)"
+        )
+        raise UsageError(
             f"data.num_classes={num_classes} but {what} holds {len(found_classes)} classes ({shown}); set "
-            f"data.num_classes={len(found_classes)} (or null for unconditional training)"
+            f"data.num_classes={len(found_classes)}{others}"
         )
 
 
@@ -376,18 +389,87 @@ class MNIST5kDataModule(ImageDataModule):
 
 
 # ----------------------------------------------------------------------------------------------------------
-class ImageFolderDataModule(ImageDataModule):
-    """Images under a folder (recursive: jpg, jpeg, png, gif, webp), RGB, with ADM's preprocessing.
+AUTO = "auto"  # data.num_classes / data.channels of an image folder: read them from the folder
 
-    The folder is scanned at construction (names only), which fixes ``num_classes``.
+
+class FolderValues(NamedTuple):
+    """An image folder as a data config describes it: files, class per file, class names, channels."""
+
+    files: list[Path]  # sorted by relative path
+    labels: list[int]  # class index per file; zeros when unconditional
+    class_names: list[str] | None  # index order; None: unconditional
+    channels: int  # 1 (grey) or 3 (RGB): what the files are converted to
+
+
+def folder_values(
+    path: str | os.PathLike,
+    *,
+    labels: str,
+    num_classes: int | str | None,
+    channels: int | str | None,
+    class_cond: bool | None = None,
+) -> FolderValues:
+    """Scan an image folder (file names; for ``channels="auto"`` also the headers of a few files) and settle
+    the class count and channels configured for it.
+
+    Args:
+        path: the folder (``data.path``). labels: "folder" or "filename" (:mod:`adm.data.folder`).
+        num_classes: "auto": the classes found (files lying directly in the folder are an error with
+            ``labels="folder"``: they name no class); N: checked against the classes found; None:
+            unconditional unless `class_cond`.
+        channels: "auto": 1 when the sampled files are all greyscale, else 3 (:func:`folder_channels`); 1 or
+            3: the files are converted to it; None: 3.
+        class_cond: True: the classes found (from Python); False: unconditional.
+    Raises:
+        FileNotFoundError: no folder. ValueError (UsageError for a wrong setting): no images, files that do
+        not fit `labels`, a class count that is not the folder's.
+    """
+    root = Path(path).expanduser()
+    if channels not in (None, AUTO, 1, 3):
+        raise UsageError(
+            f"data.channels must be 1 (grey), 3 (RGB) or auto (1 when the files are greyscale, else 3), got "
+            f"{channels!r}"
+        )
+    if isinstance(num_classes, str) and num_classes != AUTO:
+        raise UsageError(
+            f"data.num_classes must be a class count, auto (read from the folder) or null (unconditional), "
+            f"got {num_classes!r}"
+        )
+    files = find_images(root)
+    if num_classes == AUTO and labels == "folder":
+        flat = next((f for f in files if len(f.relative_to(root).parts) < 2), None)
+        if flat is not None:
+            raise UsageError(
+                f"data.num_classes=auto counts the class sub-folders of {root}, but {flat.name} lies "
+                f"directly in it: put the images in one sub-folder per class ({root}/<class name>/...), or "
+                "give data.num_classes=null to train unconditionally (data.labels=filename takes the class "
+                "from OpenAI-style NAME_xxx.png file names)"
+            )
+    if _wants_labels(class_cond, num_classes):
+        file_labels, class_names = folder_labels(root, files, labels)
+    else:
+        file_labels, class_names = [0] * len(files), None
+    found_channels = folder_channels(files) if channels == AUTO else int(channels or 3)
+    given_classes = None if num_classes == AUTO else num_classes
+    _check_configured(f"the folder {root}", found_channels, class_names, None, given_classes, folder=True)
+    return FolderValues(files, file_labels, class_names, found_channels)
+
+
+class ImageFolderDataModule(ImageDataModule):
+    """Images under a folder (recursive: jpg, jpeg, png, gif, webp), RGB or grey, with ADM's preprocessing.
+
+    The folder is scanned at construction (names only, and a few file headers for ``channels="auto"``), which
+    fixes ``num_classes`` and ``channels`` (:func:`folder_values`).
 
     Args:
         path: the folder (config key ``data.path``).
         labels: "folder" (class = first sub-folder, ImageNet layout) or "filename" (class = file name before
             the first "_", OpenAI's layout); ignored for unconditional data.
-        num_classes: the configured class count, checked against the classes found; None (and `class_cond`
-            not True) -> unconditional (y zeros).
-        channels: the configured channels, checked (images are read as RGB: 3).
+        num_classes: the configured class count, checked against the classes found; "auto" -> the classes
+            found (the training recipe settles it before this is built); None (and `class_cond` not True) ->
+            unconditional (y zeros).
+        channels: 3 (RGB) or 1 (grey): what the images are converted to; "auto" -> 1 when the files are
+            greyscale, else 3; None -> 3.
         class_cond: True -> the classes found, whatever their count (for use from Python).
         max_corrupt: unreadable files skipped (with a warning each) per process before a ValueError;
             0 fails on the first one. A folder with no readable image fails in ``setup``.
@@ -403,8 +485,8 @@ class ImageFolderDataModule(ImageDataModule):
         path: str,
         image_size: int,
         labels: str,
-        num_classes: int | None = None,
-        channels: int | None = None,
+        num_classes: int | str | None = None,
+        channels: int | str | None = None,
         class_cond: bool | None = None,
         batch_size: int,
         num_workers: int,
@@ -419,21 +501,18 @@ class ImageFolderDataModule(ImageDataModule):
         if max_corrupt < 0:
             raise ValueError(f"max_corrupt must be >= 0, got {max_corrupt}")
         self.path = Path(path).expanduser()
-        files = find_images(self.path)
-        if _wants_labels(class_cond, num_classes):
-            file_labels, class_names = folder_labels(self.path, files, labels)
-        else:
-            file_labels, class_names = [0] * len(files), None
-        _check_configured(f"the folder {self.path}", 3, class_names, channels, num_classes)
+        found = folder_values(
+            self.path, labels=labels, num_classes=num_classes, channels=channels, class_cond=class_cond
+        )
         self.label_mode = labels
         self.max_corrupt = int(max_corrupt)
-        self.num_samples = len(files)
+        self.num_samples = len(found.files)
         # one dataset holds the file list; the train split gets a shallow copy with the train transform
-        self._files_dataset = ImageFileDataset(files, file_labels, None, self.max_corrupt, self.path)
+        self._files_dataset = ImageFileDataset(found.files, found.labels, None, self.max_corrupt, self.path)
         super().__init__(
             image_size=image_size,
-            channels=3,
-            class_names=class_names,
+            channels=found.channels,
+            class_names=found.class_names,
             batch_size=batch_size,
             num_workers=num_workers,
             val_fraction=val_fraction,

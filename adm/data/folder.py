@@ -29,6 +29,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageFileDataset",
     "find_images",
+    "folder_channels",
     "folder_content_hash",
     "folder_labels",
     "load_image",
@@ -38,6 +39,8 @@ __all__ = [
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp")
 # What PIL raises for unreadable / truncated / unsupported files (UnidentifiedImageError is an OSError).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+# PIL modes without colour: bilevel, 8-bit grey (with alpha), 16/32-bit integer and float grey.
+GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
 
 def find_images(root: str | os.PathLike, config_key: str = "data.path") -> list[Path]:
@@ -101,6 +104,34 @@ def folder_labels(root: Path, files: Sequence[Path], labels: str) -> tuple[list[
     classes = sorted(set(names))
     index = {c: i for i, c in enumerate(classes)}
     return [index[n] for n in names], classes
+
+
+def folder_channels(files: Sequence[Path], sample: int = 32) -> int:
+    """1 when the images are greyscale, else 3: the PIL modes of up to `sample` files spread evenly over
+    `files` (every class of a sorted folder list), read from the file headers only (nothing is decoded).
+
+    Any colour file among them gives 3, and so do palette files (GIF, 8-bit PNG: their palette may hold
+    colours), so a folder is read as grey only when every sampled file is. Unreadable files are skipped.
+
+    Raises:
+        ValueError: none of the sampled files can be opened.
+    """
+    k = min(sample, len(files))
+    idx = sorted({round(i * (len(files) - 1) / max(k - 1, 1)) for i in range(k)})  # first and last included
+    errors = []
+    for i in idx:
+        try:
+            with Image.open(files[i]) as image:
+                if image.mode not in GREY_MODES:
+                    return 3
+        except _DECODE_ERRORS as e:
+            errors.append(f"{files[i]} ({type(e).__name__}: {e})")
+    if len(errors) == len(idx):
+        raise ValueError(
+            f"none of the {len(idx)} sampled images could be opened, e.g. {errors[0]}; the folder holds no "
+            "readable images"
+        )
+    return 1
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:

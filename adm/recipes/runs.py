@@ -45,6 +45,9 @@ RESUME_KEY = "resume"
 CONTINUATION_KEYS = re.compile(
     r"ckpt_path|trainer\.max_(steps|epochs|time)|trainer\.log_every_n_steps|callbacks\.\w+\.every_n_\w+"
 )
+# Values a run may leave to its data (``auto``: read from the image folder by adm.recipes.train). Hydra's
+# saved config holds ``auto`` or a number for them; the two are compared as numbers in resolved_config.yaml.
+READ_FROM_DATA = ("data.num_classes", "data.channels")
 
 
 def continuing(ckpt_path: Any) -> bool:
@@ -158,7 +161,13 @@ def _shown(diffs: list[tuple[str, Any, Any]]) -> str:
 
 def _not_allowed(diffs: list[tuple[str, Any, Any]], resumed: bool) -> list[tuple[str, Any, Any]]:
     """The differences a launch into an existing run directory may not have."""
-    return [d for d in diffs if d[0] != "ckpt_path" and not (resumed and CONTINUATION_KEYS.fullmatch(d[0]))]
+    return [
+        d
+        for d in diffs
+        if d[0] != "ckpt_path"
+        and not (resumed and CONTINUATION_KEYS.fullmatch(d[0]))
+        and not (d[0] in READ_FROM_DATA and "auto" in (d[1], d[2]))
+    ]
 
 
 def _refuse(run_dir: Path, diffs: list[tuple[str, Any, Any]], what: str) -> UsageError:

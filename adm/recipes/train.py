@@ -19,11 +19,13 @@ from typing import Any
 
 import pytorch_lightning as pl
 from hydra.errors import InstantiationException
+from hydra.utils import get_class
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
 from adm.config import preset_hint
+from adm.data import ImageFolderDataModule, folder_values
 from adm.errors import MissingPathError, UsageError
 from adm.io.init_weights import check_resume, load_init_weights
 from adm.lit import ClassifierModule, DiffusionModule
@@ -106,6 +108,35 @@ def check_data_values(cfg: DictConfig, network_key: str) -> None:
         )
 
 
+def resolve_auto_data(cfg: DictConfig) -> None:
+    """``data.num_classes: auto`` / ``data.channels: auto`` (``data=imagefolder``'s defaults): read them from
+    the image folder once, before anything is built, and put the integers into `cfg`, so that the networks
+    (``${data.num_classes}``), label dropout, the saved config and the checkpoints never see ``auto``. A class
+    count given is checked against the folder at the same time (:func:`adm.data.folder_values`)."""
+    data = cfg.data
+    auto = [key for key in ("num_classes", "channels") if data.get(key) == "auto"]
+    if not auto:
+        return
+    if not issubclass(get_class(data._target_), ImageFolderDataModule):
+        raise UsageError(
+            f"data.{auto[0]}=auto is read from an image folder (data=imagefolder), and <{data._target_}> "
+            f"reads none: give data.{auto[0]}=N"
+        )
+    if OmegaConf.is_missing(data, "path"):
+        raise UsageError("data.path is not set: give data.path=/path/to/images (one sub-folder per class)")
+    found = folder_values(data.path, labels=data.labels, num_classes=data.num_classes, channels=data.channels)
+    read = []
+    with open_dict(cfg):
+        if "num_classes" in auto:
+            data.num_classes = len(found.class_names)
+            shown = ", ".join(found.class_names[:12]) + (", ..." if len(found.class_names) > 12 else "")
+            read.append(f"num_classes={data.num_classes} ({shown})")
+        if "channels" in auto:
+            data.channels = found.channels
+            read.append(f"channels={data.channels} ({'grey' if data.channels == 1 else 'RGB'})")
+    log.info("Read from the folder %s: data.%s", data.path, ", data.".join(read))
+
+
 def save_resolved_config(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """Print the resolved config, write it to output_dir/resolved_config.yaml; return it as a plain dict.
 
@@ -178,6 +209,7 @@ def fit(cfg: DictConfig, network_key: str, make_module: Callable[..., pl.Lightni
     output_dir = Path(cfg.paths.output_dir)
     check_data_values(cfg, network_key)
     preflight(cfg)  # GPU, CPU cores, data folder: one UsageError before anything is built
+    resolve_auto_data(cfg)  # data.num_classes / data.channels: auto -> the folder's, as integers
     if (cfg.get("logger") or {}).get("wandb") and cfg.logger.wandb.get("id") is None:
         with open_dict(cfg):
             cfg.logger.wandb.id = wandb_run_id(output_dir)  # a resumed run continues the same W&B run
