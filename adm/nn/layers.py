@@ -97,7 +97,8 @@ class Dropout(nn.Dropout):
     ``2**-16`` (0.1 becomes 0.1000061), and kept values are scaled by ``1 / (1 - that probability)``, so
     the expectation is exactly the input's. Masks come from the default generator, so seeded runs and
     resumed runs draw the same masks. Where that rounding would move ``p`` by more than 0.1% (``p``
-    below about 0.008), on other devices, and in place, this is plain ``F.dropout``.
+    below about 0.008), on other devices, in place, and inside ``torch.compile`` (which cannot trace the
+    64-bit draw), this is plain ``F.dropout``.
     """
 
     LANES = 2**16
@@ -110,6 +111,7 @@ class Dropout(nn.Dropout):
             and x.device.type == "cpu"
             and not self.inplace
             and abs(cut / self.LANES - self.p) <= 1e-3 * self.p
+            and not torch.compiler.is_compiling()
         )
         if not fast:
             return F.dropout(x, self.p, self.training, self.inplace)
