@@ -24,7 +24,7 @@ from pytorch_lightning.callbacks import WeightAveraging
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from adm.io.checkpoint import EMA_KEY
+from adm.io.checkpoint import EMA_KEY, ema_entry
 
 __all__ = ["EMA", "ema_decay"]
 
@@ -154,12 +154,12 @@ class EMA(WeightAveraging):
         super().on_save_checkpoint(trainer, pl_module, checkpoint)
         if self._average_model is None:
             return
-        checkpoint[EMA_KEY] = {
-            "rates": list(self.rates),
-            "warmup": self.warmup,
-            "state_dicts": {repr(r): _module_state(avg) for r, avg in self._extra.items()},
-            "n_averaged": {repr(r): avg.n_averaged.detach().cpu().clone() for r, avg in self._extra.items()},
-        }
+        checkpoint[EMA_KEY] = ema_entry(
+            self.rates,
+            warmup=self.warmup,
+            state_dicts={repr(r): _module_state(avg) for r, avg in self._extra.items()},
+            n_averaged={repr(r): avg.n_averaged.detach().cpu().clone() for r, avg in self._extra.items()},
+        )
 
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]

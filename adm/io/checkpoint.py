@@ -9,14 +9,17 @@ holding only plain Python types and tensors (it loads with ``torch.load(weights_
   rate (Lightning's weight-averaging layout), the raw weights are in ``"current_model_state"`` and the other
   rates in ``"adm_ema"["state_dicts"]``.
 
+:func:`checkpoint_payload` writes these entries (training adds them to Lightning's checkpoint through it).
+
     >>> ckpt = load_checkpoint("runs/.../checkpoints/last.ckpt")      # EMA weights by default
     >>> ckpt.unet, ckpt.diffusion, ckpt.config["model"]["image_size"]
 """
 
 from __future__ import annotations
 
+import copy
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +36,11 @@ __all__ = [
     "AtomicCheckpointIO",
     "TrainedCheckpoint",
     "check_plain",
+    "checkpoint_payload",
+    "ema_entry",
+    "is_trained_checkpoint",
     "load_checkpoint",
+    "trained_checkpoint",
 ]
 
 CONFIG_KEY = "adm_config"
@@ -63,6 +70,75 @@ def check_plain(obj: Any, where: str = "checkpoint") -> None:
         f"{where} holds a {type(obj).__module__}.{type(obj).__name__}; checkpoints keep only plain types and "
         "tensors (convert configs with OmegaConf.to_container(cfg, resolve=True))"
     )
+
+
+def checkpoint_payload(
+    config: Mapping[str, Any],
+    weights: Mapping[str, torch.Tensor] | None = None,
+    *,
+    raw_weights: Mapping[str, torch.Tensor] | None = None,
+    ema_rate: float | None = None,
+    ema_warmup: bool = True,
+    global_step: int = 0,
+) -> dict[str, Any]:
+    """The entries of a training checkpoint that :func:`load_checkpoint` reads, laid out as training writes
+    them (``TrainModule.on_save_checkpoint`` adds the config to Lightning's checkpoint with this function).
+
+    Args:
+        config: the resolved plain-dict config: a ``"model"`` or ``"classifier"`` section, ``"diffusion"``,
+            optionally ``"data"`` and ``"classifier_free"``. Copied.
+        weights: the network's own state dict, written with the LightningModule's prefix (``"unet."`` for a
+            model, ``"classifier."`` for a classifier); with `ema_rate` the EMA weights. None writes only the
+            config.
+        raw_weights: the online weights, with `ema_rate` (Lightning's ``"current_model_state"``).
+        ema_rate: the rate of the EMA weights (a run with one EMA rate); None: trained without EMA.
+        ema_warmup: the EMA callback's warm-up setting (recorded in ``"adm_ema"``).
+        global_step: optimizer steps taken.
+
+    Returns:
+        ``{"adm_config": ...}``; given `weights` also ``"state_dict"`` and ``"global_step"``, and with
+        `ema_rate` ``"current_model_state"`` and ``"adm_ema"``.
+
+    Raises:
+        ValueError: a config without exactly one network section and a ``"diffusion"`` section, or holding
+            something other than plain types; an EMA rate without raw weights or the other way round.
+    """
+    sections = [k for k in _NETWORK_KEYS if k in config]
+    if len(sections) != 1 or "diffusion" not in config:
+        raise ValueError(
+            f"a checkpoint config needs one of {list(_NETWORK_KEYS)} and a 'diffusion' section; got keys "
+            f"{sorted(config)}"
+        )
+    check_plain(dict(config), CONFIG_KEY)
+    payload: dict[str, Any] = {CONFIG_KEY: copy.deepcopy(dict(config))}
+    if weights is None:
+        return payload
+    if (ema_rate is None) != (raw_weights is None):
+        raise ValueError("give raw_weights together with ema_rate (the weights are then the EMA ones)")
+    prefix = _NETWORK_KEYS[sections[0]] + "."
+    payload["state_dict"] = {prefix + k: v for k, v in weights.items()}
+    payload["global_step"] = int(global_step)
+    if ema_rate is not None:
+        payload[RAW_KEY] = {prefix + k: v for k, v in raw_weights.items()}
+        payload[EMA_KEY] = ema_entry([ema_rate], warmup=ema_warmup, state_dicts={}, n_averaged={})
+    return payload
+
+
+def ema_entry(
+    rates: Sequence[float],
+    *,
+    warmup: bool,
+    state_dicts: Mapping[str, Mapping[str, torch.Tensor]],
+    n_averaged: Mapping[str, torch.Tensor],
+) -> dict[str, Any]:
+    """The ``"adm_ema"`` entry of a checkpoint (written by the EMA callback): all rates, the first one's
+    weights being ``"state_dict"``; the others' weights and update counts keyed by ``repr(rate)``."""
+    return {
+        "rates": [float(r) for r in rates],
+        "warmup": bool(warmup),
+        "state_dicts": dict(state_dicts),
+        "n_averaged": dict(n_averaged),
+    }
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -185,12 +261,29 @@ def load_checkpoint(
         ValueError: not one of our checkpoints, a corrupt / truncated file (read with ``weights_only=True``:
             nothing is unpickled), an unknown EMA rate, or weights that do not fit the network.
     """
-    from adm.diffusion.openai_flags import LEGACY_TARGET, legacy_diffusion_config
     from adm.io.safe_load import safe_torch_load
+
+    return trained_checkpoint(safe_torch_load(path), path, ema=ema, map_location=map_location)
+
+
+def is_trained_checkpoint(contents: Any) -> bool:
+    """Whether the contents of a weights file are one of our training checkpoints (else e.g. OpenAI's plain
+    state dicts)."""
+    return isinstance(contents, dict) and CONFIG_KEY in contents
+
+
+def trained_checkpoint(
+    ckpt: Any,
+    path: str | os.PathLike,
+    *,
+    ema: bool | float = True,
+    map_location: str | torch.device = "cpu",
+) -> TrainedCheckpoint:
+    """:func:`load_checkpoint` of contents already read from `path` (``safe_torch_load``)."""
+    from adm.diffusion.openai_flags import LEGACY_TARGET, legacy_diffusion_config
     from adm.nn import load_state_dict_checked
 
     path = Path(path)
-    ckpt = safe_torch_load(path)
     if not isinstance(ckpt, dict) or CONFIG_KEY not in ckpt or "state_dict" not in ckpt:
         raise ValueError(
             f"{path} is not an adm training checkpoint (no '{CONFIG_KEY}' / 'state_dict'); OpenAI's released "

@@ -11,7 +11,7 @@ import torch
 from torch.optim import Optimizer
 
 from adm.diffusion.timestep_sampler import TimestepSampler
-from adm.io.checkpoint import CONFIG_KEY, check_plain
+from adm.io.checkpoint import check_plain, checkpoint_payload
 from adm.lit.optim import scheduler_config
 
 __all__ = ["TrainModule", "per_device_batch_size"]
@@ -60,7 +60,7 @@ class TrainModule(pl.LightningModule):
     # --- checkpoints ----------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.adm_config is not None:
-            checkpoint[CONFIG_KEY] = copy.deepcopy(self.adm_config)
+            checkpoint.update(checkpoint_payload(self.adm_config))  # the weights are Lightning's state_dict
         checkpoint["timestep_sampler"] = self.timestep_sampler.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
