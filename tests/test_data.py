@@ -478,44 +478,40 @@ CONFIG_CLASSES = {
 }
 
 
-def test_configs_name_every_constructor_argument(monkeypatch, tmp_path):
-    from hydra import compose, initialize_config_dir
+def test_configs_name_every_constructor_argument(monkeypatch, tmp_path, compose):
     from hydra.utils import get_class
     from omegaconf import OmegaConf
 
     assert {p.stem for p in CONF_DATA.glob("*.yaml")} == set(CONFIG_CLASSES)
     monkeypatch.setenv("ADM_DATA_DIR", str(tmp_path))
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        for name, cls in CONFIG_CLASSES.items():
-            cfg = compose(overrides=[f"+data={name}"]).data
-            assert get_class(cfg._target_) is cls
-            # class_cond: the Python-side alternative to num_classes ("the classes found"), never configured
-            args = set(inspect.signature(cls.__init__).parameters) - {"self", "class_cond"}
-            assert set(cfg) - {"_target_"} == args, name
-            assert OmegaConf.is_missing(cfg, "batch_size")  # per device, filled by the training recipe
-            if name.startswith(("imagenet", "lsun", "cifar", "mnist")) and name != "mnist5k":
-                key = "root" if name in ("cifar10", "mnist") else "path"
-                assert str(cfg[key]).startswith(str(tmp_path)), name
+    for name, cls in CONFIG_CLASSES.items():
+        cfg = compose(None, [f"+data={name}"]).data
+        assert get_class(cfg._target_) is cls
+        # class_cond: the Python-side alternative to num_classes ("the classes found"), never configured
+        args = set(inspect.signature(cls.__init__).parameters) - {"self", "class_cond"}
+        assert set(cfg) - {"_target_"} == args, name
+        assert OmegaConf.is_missing(cfg, "batch_size")  # per device, filled by the training recipe
+        if name.startswith(("imagenet", "lsun", "cifar", "mnist")) and name != "mnist5k":
+            key = "root" if name in ("cifar10", "mnist") else "path"
+            assert str(cfg[key]).startswith(str(tmp_path)), name
 
 
-def test_configs_instantiate(monkeypatch, tmp_path, tree):
-    from hydra import compose, initialize_config_dir
+def test_configs_instantiate(monkeypatch, tmp_path, tree, compose):
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
     (tmp_path / "imagenet").mkdir()
     (tmp_path / "imagenet" / "train").symlink_to(tree)
     monkeypatch.setenv("ADM_DATA_DIR", str(tmp_path))
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        dm = instantiate(compose(overrides=["+data=mnist5k", "data.batch_size=8"]).data)
-        assert (type(dm), dm.num_classes, dm.batch_size, dm.image_size) == (MNIST5kDataModule, 10, 8, 28)
-        two = ["data.batch_size=4", "data.num_classes=2"]  # the test folder holds 2 of ImageNet's classes
-        dm = instantiate(compose(overrides=["+data=imagenet64", *two]).data)
-        assert (dm.num_classes, dm.image_size, dm.path) == (2, 64, tmp_path / "imagenet" / "train")
-        files = [f"data.path={tree}", "data.labels=filename", "data.num_classes=3"]
-        cfg = compose(overrides=["+data=imagefolder", *files]).data
-        assert instantiate(cfg, batch_size=2).num_classes == 3
-        with pytest.raises(InstantiationException) as error:  # Hydra wraps our error
-            instantiate(compose(overrides=["+data=lsun_bedroom256", "data.batch_size=4"]).data)
-        assert isinstance(error.value.__cause__, FileNotFoundError)
-        assert re.search(r"lsun/bedroom does not exist; set data\.path=", str(error.value.__cause__))
+    dm = instantiate(compose(None, ["+data=mnist5k", "data.batch_size=8"]).data)
+    assert (type(dm), dm.num_classes, dm.batch_size, dm.image_size) == (MNIST5kDataModule, 10, 8, 28)
+    two = ["data.batch_size=4", "data.num_classes=2"]  # the test folder holds 2 of ImageNet's classes
+    dm = instantiate(compose(None, ["+data=imagenet64", *two]).data)
+    assert (dm.num_classes, dm.image_size, dm.path) == (2, 64, tmp_path / "imagenet" / "train")
+    files = [f"data.path={tree}", "data.labels=filename", "data.num_classes=3"]
+    cfg = compose(None, ["+data=imagefolder", *files]).data
+    assert instantiate(cfg, batch_size=2).num_classes == 3
+    with pytest.raises(InstantiationException) as error:  # Hydra wraps our error
+        instantiate(compose(None, ["+data=lsun_bedroom256", "data.batch_size=4"]).data)
+    assert isinstance(error.value.__cause__, FileNotFoundError)
+    assert re.search(r"lsun/bedroom does not exist; set data\.path=", str(error.value.__cause__))

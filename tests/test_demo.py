@@ -12,9 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from PIL import Image
-from test_sample import COSINE, _classifier_ckpt, write_tiny_checkpoints
 
 from adm.io.grid import by_class, save_grid
 from adm.metrics import DomainClassifier
@@ -22,14 +20,13 @@ from adm.recipes.demo import best_row, real_digits, sample_scales, train_network
 from adm.recipes.sample import sample
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = str(REPO / "conf")
 SCORES = ("accuracy", "fid", "precision", "recall")
 
 
 @pytest.fixture
-def tiny_setup(tmp_path) -> dict[str, Path]:
+def tiny_setup(tmp_path, tiny_ckpts) -> dict[str, Path]:
     """Tiny diffusion / classifier checkpoints (8x8 grey, 3 classes), a domain CNN, a labelled reference."""
-    files = write_tiny_checkpoints(tmp_path / "ckpts")
+    files = dict(tiny_ckpts)
     files["domain"] = tmp_path / "domain.pt"
     DomainClassifier(in_channels=1, image_size=8, num_classes=3, width=2).save(files["domain"])
     rng = np.random.default_rng(0)
@@ -42,74 +39,68 @@ def tiny_setup(tmp_path) -> dict[str, Path]:
     return files
 
 
-def _demo_config(overrides: list[str]):
-    return compose(
-        "demo",
-        overrides=[
-            "scales=[0,2]",
-            "samples_per_class=4",
-            "sample_batch_size=5",
-            "seed=3",
-            "sample_overrides=['sampler=ddim','sampler.steps=2','progress=false']",
-            *overrides,
-        ],
-    )
+DEMO = [
+    "scales=[0,2]",
+    "samples_per_class=4",
+    "sample_batch_size=5",
+    "seed=3",
+    "sample_overrides=['sampler=ddim','sampler.steps=2','progress=false']",
+]
 
 
-def test_each_scale_is_a_sample_recipe_run(tiny_setup, tmp_path):
+def test_each_scale_is_a_sample_recipe_run(tiny_setup, tmp_path, compose, hydra_app):
     """The demo's samples and scores at a scale are exactly what scripts/sample.py writes for the same
     settings (per-sample seeds, labels 0, 1, 2 cycled, DDIM, domain-CNN scores against the same reference)."""
     files = tiny_setup
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        rows = sample_scales(
-            _demo_config([]),
-            model_ckpt=files["model"],
-            classifier_ckpt=files["classifier"],
-            domain_ckpt=files["domain"],
-            reference=files["reference"],
-            num_classes=3,
-            out_dir=tmp_path / "demo",
+    rows = sample_scales(
+        compose("demo", DEMO),
+        model_ckpt=files["model"],
+        classifier_ckpt=files["classifier"],
+        domain_ckpt=files["domain"],
+        reference=files["reference"],
+        num_classes=3,
+        out_dir=tmp_path / "demo",
+    )
+    assert [r["guidance_scale"] for r in rows] == [0.0, 2.0]
+    for row in rows:
+        scale = row["guidance_scale"]
+        alone = tmp_path / f"alone_{scale:g}"
+        sample(
+            compose(
+                "sample",
+                overrides=[
+                    f"ckpt={files['model']}",
+                    f"classifier_ckpt={files['classifier']}",
+                    f"guidance.scale={scale}",
+                    "labels=[0,1,2]",
+                    "num_samples=12",
+                    "seed=3",
+                    "sampler=ddim",
+                    "sampler.steps=2",
+                    "batch_size=5",
+                    "progress=false",
+                    f"evaluate.domain_ckpt={files['domain']}",
+                    f"evaluate.reference={files['reference']}",
+                    "evaluate.metrics=[accuracy,fid,precision,recall]",
+                    f"paths.output_dir={alone}",
+                    f"out_dir={alone}",
+                ],
+            )  # fmt: skip
         )
-        assert [r["guidance_scale"] for r in rows] == [0.0, 2.0]
-        for row in rows:
-            scale = row["guidance_scale"]
-            alone = tmp_path / f"alone_{scale:g}"
-            sample(
-                compose(
-                    "sample",
-                    overrides=[
-                        f"ckpt={files['model']}",
-                        f"classifier_ckpt={files['classifier']}",
-                        f"guidance.scale={scale}",
-                        "labels=[0,1,2]",
-                        "num_samples=12",
-                        "seed=3",
-                        "sampler=ddim",
-                        "sampler.steps=2",
-                        "batch_size=5",
-                        "progress=false",
-                        f"evaluate.domain_ckpt={files['domain']}",
-                        f"evaluate.reference={files['reference']}",
-                        "evaluate.metrics=[accuracy,fid,precision,recall]",
-                        f"paths.output_dir={alone}",
-                        f"out_dir={alone}",
-                    ],
-                )  # fmt: skip
-            )
-            demo_dir = Path(row["dir"])
-            assert demo_dir == tmp_path / "demo" / f"scale_{scale:g}"
-            ours = json.loads((demo_dir / "metrics.json").read_text())
-            theirs = json.loads((alone / "metrics.json").read_text())
-            for key in SCORES:
-                assert ours[key] == theirs[key] and math.isfinite(ours[key])
-                assert row[key] == ours[key]  # the summary row reads metrics.json
-            assert ours["feature_extractor"] == "domain" and ours["guidance_scale"] == scale
-            with (
-                np.load(demo_dir / "samples_12x8x8x1.npz") as a,
-                np.load(alone / "samples_12x8x8x1.npz") as b,
-            ):
-                np.testing.assert_array_equal(a["arr_0"], b["arr_0"])
-                assert a["arr_1"].tolist() == b["arr_1"].tolist() == [0, 1, 2] * 4
+        demo_dir = Path(row["dir"])
+        assert demo_dir == tmp_path / "demo" / f"scale_{scale:g}"
+        ours = json.loads((demo_dir / "metrics.json").read_text())
+        theirs = json.loads((alone / "metrics.json").read_text())
+        for key in SCORES:
+            assert ours[key] == theirs[key] and math.isfinite(ours[key])
+            assert row[key] == ours[key]  # the summary row reads metrics.json
+        assert ours["feature_extractor"] == "domain" and ours["guidance_scale"] == scale
+        with (
+            np.load(demo_dir / "samples_12x8x8x1.npz") as a,
+            np.load(alone / "samples_12x8x8x1.npz") as b,
+        ):
+            np.testing.assert_array_equal(a["arr_0"], b["arr_0"])
+            assert a["arr_1"].tolist() == b["arr_1"].tolist() == [0, 1, 2] * 4
     # Guidance changed the images: the scales are different runs, not one set scored twice.
     with (
         np.load(rows[0]["dir"] + "/samples_12x8x8x1.npz") as a,
@@ -118,14 +109,13 @@ def test_each_scale_is_a_sample_recipe_run(tiny_setup, tmp_path):
         assert not np.array_equal(a["arr_0"], b["arr_0"])
 
 
-def test_classifier_of_another_noising_process_is_refused(tiny_setup, tmp_path):
-    linear = _classifier_ckpt(tmp_path / "linear.ckpt", {**COSINE, "noise_schedule": "linear"})
-    with (
-        initialize_config_dir(config_dir=CONF, version_base="1.3"),
-        pytest.raises(ValueError, match="noising schedule=linear"),
-    ):
+def test_classifier_of_another_noising_process_is_refused(
+    tiny_setup, tmp_path, tiny_checkpoint, compose, hydra_app
+):
+    linear = tiny_checkpoint("classifier", overrides=["diffusion=linear"])
+    with pytest.raises(ValueError, match="noising schedule=linear"):
         sample_scales(
-            _demo_config([]),
+            compose("demo", DEMO),
             model_ckpt=tiny_setup["model"],
             classifier_ckpt=linear,
             domain_ckpt=tiny_setup["domain"],

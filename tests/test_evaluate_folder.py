@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from adm.data.folder import folder_content_hash, read_folder_images
@@ -17,8 +16,6 @@ from adm.metrics.extractor import FeatureExtractor
 from adm.metrics.fid import frechet_distance, gaussian_stats
 from adm.metrics.reference import load_reference
 from adm.recipes.evaluate import evaluate_samples, reference_from_folder, resolve_reference
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 class MeanColour(FeatureExtractor):
@@ -135,19 +132,15 @@ def test_size_or_channel_mismatch_is_an_error(tmp_path: Path, size: int, mode: s
         evaluate(tmp_path / "samples.npz", tmp_path / "ref.npz", MeanColour(weights), ["fid"], batch_size=4)
 
 
-def compose_evaluate(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("evaluate", overrides=overrides)
-
-
-def test_evaluate_recipe_with_folder_reference_and_domain_features(tmp_path: Path):
+def test_evaluate_recipe_with_folder_reference_and_domain_features(tmp_path: Path, compose):
     """scripts/evaluate.py's recipe: reference=<folder> at the samples' size; metrics.json names both."""
     folder = write_folder(tmp_path / "imgs", 12, mode="L")
     rng = np.random.default_rng(3)
     np.savez(tmp_path / "s.npz", rng.integers(0, 255, (8, 8, 8, 1)).astype(np.uint8), rng.integers(0, 2, 8))
     torch.manual_seed(0)
     DomainClassifier(1, 8, 2, width=8).save(tmp_path / "domain.pt")
-    cfg = compose_evaluate(
+    cfg = compose(
+        "evaluate",
         [
             f"samples={tmp_path / 's.npz'}",
             f"reference={folder}",
@@ -158,7 +151,7 @@ def test_evaluate_recipe_with_folder_reference_and_domain_features(tmp_path: Pat
             "progress=false",
             "metrics=[fid,accuracy]",
             f"paths.output_dir={tmp_path}",
-        ]
+        ],
     )
     results = evaluate_samples(cfg)
     assert results["num_reference"] == 12 and np.isfinite(results["fid"])
@@ -166,89 +159,53 @@ def test_evaluate_recipe_with_folder_reference_and_domain_features(tmp_path: Pat
     assert record["reference"] == str(folder) and record["reference_batch"].endswith("_8px_1ch.npz")
 
 
-def test_evaluate_recipe_rejects_mismatched_npz_before_loading_networks(tmp_path: Path):
+def test_evaluate_recipe_rejects_mismatched_npz_before_loading_networks(tmp_path: Path, compose):
     np.savez(tmp_path / "s.npz", np.zeros((4, 8, 8, 3), np.uint8))
     np.savez(tmp_path / "ref.npz", np.zeros((4, 16, 16, 3), np.uint8))
-    cfg = compose_evaluate(
+    cfg = compose(
+        "evaluate",
         [
             f"samples={tmp_path / 's.npz'}",
             f"reference={tmp_path / 'ref.npz'}",
             f"inception_weights={tmp_path / 'missing.pth'}",  # would fail later: the size check comes first
             f"paths.output_dir={tmp_path}",
-        ]
+        ],
     )
     with pytest.raises(ValueError, match="16x16 px"):
         evaluate_samples(cfg)
 
 
-def test_make_reference_writes_images_and_labels(tmp_path: Path):
+def test_make_reference_writes_images_and_labels(tmp_path: Path, compose):
     from adm.recipes.evaluate import make_reference
 
     folder = write_folder(tmp_path / "imgs", 12)
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(
-            "make_reference",
-            [
-                f"folder={folder}",
-                "image_size=8",
-                "stats=false",
-                f"out={tmp_path / 'ref.npz'}",
-                "progress=false",
-            ],
-        )
+    cfg = compose(
+        "make_reference",
+        [f"folder={folder}", "image_size=8", "stats=false", f"out={tmp_path / 'ref.npz'}", "progress=false"],
+    )
     out = make_reference(cfg)
     assert out["classes"] == ["cat", "dog"] and out["image_shape"] == [8, 8, 3]
     with np.load(tmp_path / "ref.npz") as data:
         assert data["arr_0"].shape == (12, 8, 8, 3) and data["arr_1"].tolist() == [0] * 6 + [1] * 6
 
 
-def test_make_reference_checks_inception_weights_first(tmp_path: Path, monkeypatch):
+def test_make_reference_checks_inception_weights_first(tmp_path: Path, monkeypatch, compose):
     from adm.recipes.evaluate import make_reference
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(
-            "make_reference",
-            [f"folder={tmp_path / 'nowhere'}", "image_size=8", f"inception_weights={tmp_path / 'no.pth'}"],
-        )
+    cfg = compose(
+        "make_reference",
+        [f"folder={tmp_path / 'nowhere'}", "image_size=8", f"inception_weights={tmp_path / 'no.pth'}"],
+    )
     with pytest.raises(FileNotFoundError, match="Inception weights not found"):
         make_reference(cfg)  # the weights are checked before the (missing) folder is read
 
 
 # --- sampling runs: what scoring needs is checked before anything is drawn or recorded ---------------------
-TINY_UNET = dict(
-    _target_="adm.nn.UNet", image_size=8, in_channels=1, model_channels=32, num_res_blocks=1,
-    attention_resolutions=[], channel_mult=[1, 2], learn_sigma=False, num_classes=3, dropout=0.0, num_heads=1,
-    num_head_channels=32, num_heads_upsample=-1, use_scale_shift_norm=True, resblock_updown=True,
-    use_new_attention_order=True, use_checkpoint=False,
-)  # fmt: skip
-LINEAR = dict(
-    _target_="adm.diffusion.GaussianDiffusion.from_schedule", schedule="linear", steps=1000,
-    mean_type="epsilon", var_type="fixed_large", loss_type="mse", rescale_timesteps=False,
-)  # fmt: skip
-
-
-def tiny_checkpoint(path: Path) -> Path:
-    from adm.config import build_network
-    from adm.io.files import atomic_torch_save
-
-    torch.manual_seed(0)
-    state = {f"unet.{k}": v for k, v in build_network(TINY_UNET).state_dict().items()}
-    config = {"model": TINY_UNET, "diffusion": LINEAR, "data": {"class_names": ["ant", "bee", "cow"]}}
-    atomic_torch_save({"adm_config": config, "state_dict": state, "global_step": 1}, path)
-    return path
-
-
-def run_sample(overrides: list[str], out_dir: Path) -> dict:
-    from adm.recipes.sample import sample
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("sample", overrides=[*overrides, f"paths.output_dir={out_dir}", f"out_dir={out_dir}"])
-    return sample(cfg)
-
-
-def test_sample_run_checks_scoring_inputs_before_recording(tmp_path: Path):
-    ckpt = tiny_checkpoint(tmp_path / "m.ckpt")
+def test_sample_run_checks_scoring_inputs_before_recording(tmp_path: Path, tiny_checkpoint, run_sample):
+    # a model with a fixed variance (learn_sigma=false) whose checkpoint records its data's class names
+    overrides = ["diffusion=linear", "model.learn_sigma=false"]
+    ckpt = tiny_checkpoint(overrides=overrides, class_names=["ant", "bee", "cow"])
     base = [f"ckpt={ckpt}", "guidance.scale=0", "sampler=ddim", "sampler.steps=2", "num_samples=4"]
     base += ["batch_size=4", "progress=false"]
     np.savez(tmp_path / "ref16.npz", np.zeros((6, 16, 16, 1), np.uint8))

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from pytorch_lightning.loggers import CSVLogger
 
@@ -22,8 +21,6 @@ from adm.lit import DiffusionModule
 from adm.metrics import DomainClassifier, DomainFeatureExtractor, fid_from_features, precision_recall
 from adm.nn import UNet
 from adm.sampling import PerSampleNoise, ddim_sample, sample_seed
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _module(lr: float) -> DiffusionModule:
@@ -112,12 +109,11 @@ def test_two_processes_give_the_same_scores(tmp_path, one_thread):
         assert scores[1][key] == pytest.approx(value, rel=1e-6), key
 
 
-def test_callback_config_builds(tmp_path):
+def test_callback_config_builds(tmp_path, compose):
     DomainClassifier(in_channels=1, image_size=28, num_classes=10, width=4).save(tmp_path / "domain.pt")
     overrides = ["callbacks=[default,fid]", "callbacks.fid.feature_extractor.kind=domain",
                  f"callbacks.fid.feature_extractor.domain_ckpt={tmp_path / 'domain.pt'}"]  # fmt: skip
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+    cfg = compose("train", overrides)
     names = list(cfg.callbacks)
     assert names.index("ema") < names.index("fid")  # the EMA is updated before the callback samples from it
     fid = instantiate(cfg.callbacks.fid)

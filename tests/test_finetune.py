@@ -8,15 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
 from PIL import Image
 
 from adm.config import build_network
 from adm.io.init_weights import check_resume, load_init_weights, read_init_state
 from adm.recipes.train import train, train_classifier
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = ["model=adm_u_tiny", "model.channel_mult=[1,2]", "trainer=cpu", "batch_size=4"]
 TINY_CLS = ["classifier=adm_cls_tiny", "classifier.channel_mult=[1,2]", "trainer=cpu", "batch_size=4"]
 QUIET_CLS = ["logger=csv", "callbacks.progress_bar.refresh_rate=0", "trainer.enable_model_summary=false"]
@@ -48,11 +45,6 @@ def folder_data(path: Path, classes: int) -> list[str]:
     ]
 
 
-def compose_cfg(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose(config_name, overrides=[*overrides, f"paths.output_dir={output_dir}"])
-
-
 def tiny_unet(num_classes: int | None, channels: int = 3) -> torch.nn.Module:
     torch.manual_seed(num_classes or 0)
     cfg = dict(build_cfg("model", "adm_u_tiny"), num_classes=num_classes, in_channels=channels, image_size=8)
@@ -71,7 +63,7 @@ def ckpt_state(path: Path, prefix: str, key: str = "state_dict") -> dict[str, to
     return {k[len(prefix) :]: v for k, v in ckpt[key].items() if k.startswith(prefix)}
 
 
-def test_openai_state_dict_onto_three_classes(tmp_path: Path, caplog):
+def test_openai_state_dict_onto_three_classes(tmp_path: Path, caplog, compose):
     """An OpenAI-format state dict (plain {key: tensor}) of a 10-class net fine-tunes onto 3 class folders:
     the label embedding is fresh, every other tensor is the file's; EMA starts from them; step 0."""
     released = tiny_unet(10)
@@ -79,7 +71,7 @@ def test_openai_state_dict_onto_three_classes(tmp_path: Path, caplog):
     data = make_folder(tmp_path / "images", 3)
     overrides = [*TINY, *QUIET, *folder_data(data, 3), f"init_ckpt={tmp_path / 'released.pt'}"]
     # lr 0: the weights the run starts from are exactly the weights it ends with
-    cfg = compose_cfg("train", [*overrides, "optimizer.lr=0", "trainer.max_steps=2"], tmp_path / "run")
+    cfg = compose("train", [*overrides, "optimizer.lr=0", "trainer.max_steps=2"], output_dir=tmp_path / "run")
     with caplog.at_level(logging.INFO):
         trainer = train(cfg)
     assert trainer.global_step == 2  # a new run: counted from 0
@@ -102,10 +94,10 @@ def test_openai_state_dict_onto_three_classes(tmp_path: Path, caplog):
     assert not torch.equal(state["label_emb.weight"], expected["label_emb.weight"][:3])
 
 
-def test_our_checkpoint_with_another_class_count(tmp_path: Path):
+def test_our_checkpoint_with_another_class_count(tmp_path: Path, compose):
     """A 3-class run of ours starts a 2-class run: EMA weights by default, raw ones with init_ema=false."""
     first = [*TINY, *QUIET, *folder_data(make_folder(tmp_path / "three", 3), 3)]
-    train(compose_cfg("train", [*first, "trainer.max_steps=3"], tmp_path / "a"))
+    train(compose("train", [*first, "trainer.max_steps=3"], output_dir=tmp_path / "a"))
     source = tmp_path / "a" / "checkpoints" / "last.ckpt"
     ema, raw = ckpt_state(source, "unet."), ckpt_state(source, "unet.", "current_model_state")
     assert not torch.equal(ema["out.2.weight"], raw["out.2.weight"])
@@ -113,7 +105,7 @@ def test_our_checkpoint_with_another_class_count(tmp_path: Path):
     second = [*TINY, *QUIET, *folder_data(make_folder(tmp_path / "two", 2), 2), f"init_ckpt={source}"]
     for flag, expected in (("init_ema=true", ema), ("init_ema=false", raw)):
         run = tmp_path / flag.replace("=", "_")
-        train(compose_cfg("train", [*second, flag, "optimizer.lr=0", "trainer.max_steps=1"], run))
+        train(compose("train", [*second, flag, "optimizer.lr=0", "trainer.max_steps=1"], output_dir=run))
         state = ckpt_state(run / "checkpoints" / "last.ckpt", "unet.", "current_model_state")
         assert state["label_emb.weight"].shape[0] == 2
         for k in expected:
@@ -148,7 +140,7 @@ def test_classifier_head_reinitialised(tmp_path: Path, caplog):
     assert any("head is re-initialised" in r.getMessage() for r in caplog.records)
 
 
-def test_classifier_recipe_takes_init_ckpt(tmp_path: Path):
+def test_classifier_recipe_takes_init_ckpt(tmp_path: Path, compose):
     cfg = {
         **build_cfg("classifier", "adm_cls_tiny"),
         "channel_mult": [1, 2],
@@ -166,7 +158,9 @@ def test_classifier_recipe_takes_init_ckpt(tmp_path: Path):
         "optimizer.lr=0",
         "trainer.max_steps=1",
     ]
-    train_classifier(compose_cfg("train_classifier", [*run, "trainer.limit_val_batches=0"], tmp_path / "r"))
+    train_classifier(
+        compose("train_classifier", [*run, "trainer.limit_val_batches=0"], output_dir=tmp_path / "r")
+    )
     state = ckpt_state(tmp_path / "r" / "checkpoints" / "last.ckpt", "classifier.")
     torch.testing.assert_close(
         state["input_blocks.0.0.weight"], released.state_dict()["input_blocks.0.0.weight"]
@@ -193,43 +187,45 @@ def test_not_a_checkpoint(tmp_path: Path):
         read_init_state(tmp_path / "odd.pt", "model")
 
 
-def test_resume_traps(tmp_path: Path):
+def test_resume_traps(tmp_path: Path, compose):
     """ckpt_path with OpenAI weights points to init_ckpt; a checkpoint past max_steps stops before fitting."""
     torch.save(tiny_unet(10).state_dict(), tmp_path / "released.pt")
     with pytest.raises(ValueError, match="init_ckpt="):
         check_resume(tmp_path / "released.pt", 100)
 
     base = [*TINY, *QUIET, *folder_data(make_folder(tmp_path / "images", 3), 3)]
-    train(compose_cfg("train", [*base, "trainer.max_steps=3"], tmp_path / "run"))
+    train(compose("train", [*base, "trainer.max_steps=3"], output_dir=tmp_path / "run"))
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert check_resume(last, 5) == 3
     written = last.read_bytes()
-    cfg = compose_cfg("train", [*base, "trainer.max_steps=2", f"ckpt_path={last}"], tmp_path / "run")
+    cfg = compose("train", [*base, "trainer.max_steps=2", f"ckpt_path={last}"], output_dir=tmp_path / "run")
     with pytest.raises(ValueError, match="step 3, and trainer.max_steps=2"):
         train(cfg)
     assert last.read_bytes() == written  # nothing already written is lost
 
 
-def test_done_says_when_nothing_was_written(tmp_path: Path, caplog):
+def test_done_says_when_nothing_was_written(tmp_path: Path, caplog, compose):
     base = [*TINY, *QUIET, *folder_data(make_folder(tmp_path / "images", 3), 3)]
-    train(compose_cfg("train", [*base, "trainer.max_steps=2"], tmp_path / "run"))
+    train(compose("train", [*base, "trainer.max_steps=2"], output_dir=tmp_path / "run"))
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     with caplog.at_level(logging.INFO):
-        train(compose_cfg("train", [*base, "trainer.max_steps=2", "ckpt_path=last"], tmp_path / "run"))
+        train(compose("train", [*base, "trainer.max_steps=2", "ckpt_path=last"], output_dir=tmp_path / "run"))
     messages = [r.getMessage() for r in caplog.records]
     assert any("already at trainer.max_steps=2" in m for m in messages)
     assert any("no checkpoint was written" in m for m in messages)
     assert last.is_file()
 
 
-def test_finetune_experiments_compose(tmp_path: Path):
+def test_finetune_experiments_compose(tmp_path: Path, compose):
     for script, name, key in (
         ("train", "finetune_adm_u_64", "model"),
         ("train", "finetune_adm_u_256", "model"),
         ("train_classifier", "finetune_classifier_128", "classifier"),
         ("train_superres", "finetune_sr_64_256", "model"),
     ):
-        cfg = compose_cfg(script, [f"experiment={name}", "data.path=x", "data.num_classes=3"], tmp_path)
+        cfg = compose(
+            script, [f"experiment={name}", "data.path=x", "data.num_classes=3"], output_dir=tmp_path
+        )
         assert cfg.data.image_size == cfg[key].image_size
         assert cfg[key].num_classes == 3 if key == "model" else cfg[key].out_channels == 3
         assert cfg.init_ckpt is None and cfg.init_required
@@ -242,7 +238,7 @@ def test_finetune_experiments_compose(tmp_path: Path):
         "lr_schedule.warmup_steps=1",
     ]
     with pytest.raises(ValueError, match="init_ckpt is not set"):
-        train(compose_cfg("train", small, tmp_path / "run"))
+        train(compose("train", small, output_dir=tmp_path / "run"))
     assert not (tmp_path / "run" / "resolved_config.yaml").exists()  # a refused run records nothing
 
 

@@ -12,10 +12,7 @@ from types import SimpleNamespace
 import pytest
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from test_resume import REPO, _Linear, _same
-from test_train import read_ckpt
 
 from adm.callbacks import EpochEndResume, LastCheckpoint, Preempted, PreemptionCheckpoint, RandomStreams
 from adm.callbacks.preemption import hpc_checkpoint_path
@@ -27,19 +24,6 @@ JOB_ID = "4242"
 # 12 training digits, 4 per step: 3 steps per epoch; the runs end in a fresh epoch (as in test_resume: the
 # loader's own batch counter of the epoch a run resumed in keeps the resumed count, and a new epoch resets it)
 STEPS = 10
-
-
-class _Signalled(_Linear):
-    """Sends itself `signum` from inside the training step that starts at global step `at_step`."""
-
-    def __init__(self, at_step: int | None = None, signum: int = signal.SIGUSR1):
-        super().__init__()
-        self.at_step, self.signum = at_step, signum
-
-    def training_step(self, batch, batch_idx):
-        if self.trainer.global_step == self.at_step:
-            os.kill(os.getpid(), self.signum)  # the handler runs here, in the middle of the step
-        return super().training_step(batch, batch_idx)
 
 
 @pytest.fixture
@@ -63,39 +47,60 @@ def slurm_job(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, restore_signals, 
     return record
 
 
-def _fit(
-    run_dir: Path,
-    at_step: int | None = None,
-    signum: int = signal.SIGUSR1,
-    ckpt_path: str | None = None,
-    plugins: list | None = None,
-) -> tuple[pl.Trainer, PreemptionCheckpoint]:
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(overrides=["+data=mnist5k", "data.image_size=8", "data.batch_size=4"])
-    pl.seed_everything(0)
-    datamodule = instantiate(cfg.data, val_fraction=0.9976)  # 12 training digits: 3 batches per epoch
-    module = _Signalled(at_step, signum)
-    preemption = PreemptionCheckpoint()
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=STEPS,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=run_dir,
-        plugins=plugins,
-        callbacks=[
-            RandomStreams(seed=0),
-            EpochEndResume(),
-            LastCheckpoint(
-                dirpath=run_dir / "checkpoints", save_top_k=0, save_last=True, save_on_train_epoch_end=True
-            ),
-            preemption,
-        ],
-    )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    return trainer, preemption
+@pytest.fixture
+def fit(compose, dropout_linear):
+    """``fit(run_dir, at_step=None, signum=SIGUSR1, ckpt_path=None, plugins=None) -> (trainer, callback)``: a
+    Lightning-only run with the pre-emption callback, whose module sends itself `signum` from inside the
+    training step that starts at global step `at_step`."""
+
+    class Signalled(dropout_linear):
+        def __init__(self, at_step: int | None, signum: int):
+            super().__init__()
+            self.at_step, self.signum = at_step, signum
+
+        def training_step(self, batch, batch_idx):
+            if self.trainer.global_step == self.at_step:
+                os.kill(os.getpid(), self.signum)  # the handler runs here, in the middle of the step
+            return super().training_step(batch, batch_idx)
+
+    data = compose(None, ["+data=mnist5k", "data.image_size=8", "data.batch_size=4"]).data
+
+    def run(
+        run_dir: Path,
+        at_step: int | None = None,
+        signum: int = signal.SIGUSR1,
+        ckpt_path: str | None = None,
+        plugins: list | None = None,
+    ) -> tuple[pl.Trainer, PreemptionCheckpoint]:
+        pl.seed_everything(0)
+        datamodule = instantiate(data, val_fraction=0.9976)  # 12 training digits: 3 batches per epoch
+        module = Signalled(at_step, signum)
+        preemption = PreemptionCheckpoint()
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            devices=1,
+            max_steps=STEPS,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=run_dir,
+            plugins=plugins,
+            callbacks=[
+                RandomStreams(seed=0),
+                EpochEndResume(),
+                LastCheckpoint(
+                    dirpath=run_dir / "checkpoints",
+                    save_top_k=0,
+                    save_last=True,
+                    save_on_train_epoch_end=True,
+                ),
+                preemption,
+            ],
+        )
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        return trainer, preemption
+
+    return run
 
 
 def _batch_counts(ckpt: dict) -> dict[str, int]:
@@ -110,7 +115,14 @@ def _batch_counts(ckpt: dict) -> dict[str, int]:
     ],
 )
 def test_signal_in_a_step_checkpoints_after_it_requeues_and_resumes_bit_exactly(
-    tmp_path: Path, slurm_job: Path, monkeypatch: pytest.MonkeyPatch, launcher: str, at_step: int
+    tmp_path: Path,
+    slurm_job: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    launcher: str,
+    at_step: int,
+    fit,
+    read_ckpt,
+    assert_same,
 ):
     plugins, signum = None, signal.SIGUSR1
     if launcher == "submitit":
@@ -120,7 +132,7 @@ def test_signal_in_a_step_checkpoints_after_it_requeues_and_resumes_bit_exactly(
         plugins, signum = cluster_plugins(), signal.SIGUSR2
         assert plugins[0].requeue_signal == signal.SIGUSR2
 
-    straight_trainer, preemption = _fit(tmp_path / "straight", plugins=plugins)
+    straight_trainer, preemption = fit(tmp_path / "straight", plugins=plugins)
     assert preemption.signals == (signum,)  # active on SLURM, on the environment's signal
     assert signal.getsignal(signum) is signal.SIG_DFL  # handed back after fit
     straight = read_ckpt(tmp_path / "straight" / "checkpoints" / "last.ckpt")
@@ -128,7 +140,7 @@ def test_signal_in_a_step_checkpoints_after_it_requeues_and_resumes_bit_exactly(
 
     run_dir = tmp_path / "legs"
     with pytest.raises(Preempted) as stopped:
-        _fit(run_dir, at_step, signum, plugins=plugins)
+        fit(run_dir, at_step, signum, plugins=plugins)
     hpc = run_dir / "hpc_ckpt_1.ckpt"
     assert stopped.value.code == 0 and stopped.value.requeued and stopped.value.path == str(hpc)
     # written after the interrupted step: its optimizer step is in, and the batch is counted processed
@@ -144,30 +156,32 @@ def test_signal_in_a_step_checkpoints_after_it_requeues_and_resumes_bit_exactly(
     os.kill(os.getpid(), signum)  # a late copy of the warning is ignored while the process leaves
 
     # the requeued job continues from it to the end: the same as the uninterrupted run, bit for bit
-    _fit(run_dir, ckpt_path=str(hpc), plugins=plugins)
+    fit(run_dir, ckpt_path=str(hpc), plugins=plugins)
     resumed = read_ckpt(last)
     assert resumed["global_step"] == STEPS
     for key in ["state_dict", "optimizer_states", "rng_states", "loops"]:
-        _same(straight[key], resumed[key], key)
+        assert_same(straight[key], resumed[key], key)
     assert slurm_job.read_text().splitlines() == [f"requeue {JOB_ID}"]
     assert straight_trainer.global_step == STEPS
 
 
-def test_no_requeue_means_exit_status_1(tmp_path: Path, slurm_job: Path, monkeypatch: pytest.MonkeyPatch):
+def test_no_requeue_means_exit_status_1(
+    tmp_path: Path, slurm_job: Path, monkeypatch: pytest.MonkeyPatch, fit, read_ckpt
+):
     monkeypatch.setenv("SLURM_JOB_ID", "not-a-job")
     with pytest.raises(Preempted) as stopped:
-        _fit(tmp_path, at_step=1)
+        fit(tmp_path, at_step=1)
     assert stopped.value.code == 1 and not stopped.value.requeued
     assert read_ckpt(tmp_path / "hpc_ckpt_1.ckpt")["global_step"] == 2
     assert not slurm_job.exists()
     assert hpc_checkpoint_path(tmp_path) == str(tmp_path / "hpc_ckpt_2.ckpt")  # the next one
 
 
-def test_inactive_off_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restore_signals):
+def test_inactive_off_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restore_signals, fit):
     for key in [k for k in os.environ if k.startswith(("SLURM_", "SUBMITIT_"))]:
         monkeypatch.delenv(key)
     before = signal.getsignal(signal.SIGUSR1)
-    trainer, preemption = _fit(tmp_path)
+    trainer, preemption = fit(tmp_path)
     assert trainer.global_step == STEPS and preemption.signals == ()
     assert signal.getsignal(signal.SIGUSR1) is before
     assert not list(tmp_path.glob("hpc_ckpt_*.ckpt"))

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from pytorch_lightning.callbacks import TQDMProgressBar
 from torch.utils.data import DataLoader, TensorDataset
@@ -19,8 +18,6 @@ from adm.callbacks import StepProgressBar
 from adm.diffusion import GaussianDiffusion, UniformSampler
 from adm.lit import DiffusionModule
 from adm.nn import UNet
-
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 class TinyModule(DiffusionModule):
@@ -158,12 +155,10 @@ def test_disabled_bar_shows_nothing(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("config", ["train", "train_classifier", "train_superres"])
-def test_every_training_script_uses_the_step_bar(config, tmp_path):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose(config, overrides=[f"paths.output_dir={tmp_path}"])
+def test_every_training_script_uses_the_step_bar(config, tmp_path, compose):
+    cfg = compose(config, output_dir=tmp_path)
     assert cfg.callbacks.progress_bar._target_ == "adm.callbacks.StepProgressBar"
     bar = instantiate(cfg.callbacks.progress_bar)
     assert isinstance(bar, StepProgressBar) and bar.refresh_rate == cfg.callbacks.progress_bar.refresh_rate
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose(config, overrides=[f"paths.output_dir={tmp_path}", "callbacks/progress_bar=epochs"])
+    cfg = compose(config, ["callbacks/progress_bar=epochs"], output_dir=tmp_path)
     assert type(instantiate(cfg.callbacks.progress_bar)) is TQDMProgressBar

@@ -24,25 +24,8 @@ from adm.io.checkpoint import check_plain
 from adm.recipes.train import train, train_classifier
 
 REPO = Path(__file__).resolve().parents[1]
-from test_train import FAST, FAST_CLS, compose_cfg, read_ckpt  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
-
-
-def _same(a, b, where: str = "") -> None:
-    """Bit-exact equality of nested checkpoint contents."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert set(a) == set(b), f"{where}: {set(a) ^ set(b)}"
-        for k in a:
-            _same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
 
 
 # --- the loader ---------------------------------------------------------------------------------------------
@@ -166,7 +149,6 @@ def test_between_epochs_leaves_other_states_alone():
 # 12 training digits and 4 per step: 3 batches per epoch, so 10 steps cross three epoch ends.
 RESUME = [
     "experiment=smoke",
-    *FAST,
     "data.val_fraction=0.9976",
     "diffusion.steps=4",  # the loss-aware sampler warms up within the run
     "timestep_sampler._target_=adm.diffusion.LossSecondMomentSampler",
@@ -191,22 +173,38 @@ COMPARED = [
 ]
 
 
-def _assert_same_run(a: dict, b: dict) -> None:
-    assert a["global_step"] == b["global_step"] == STEPS
-    for key in COMPARED:
-        _same(a[key], b[key], key)
-    _same(a["callbacks"]["EMA"], b["callbacks"]["EMA"], "EMA state")
-    _same(a["loops"], b["loops"], "loops")  # counters and the loader's position
+@pytest.fixture
+def resume_cfg(compose, fast_overrides):
+    """``resume_cfg(run_dir, *overrides)``: the train config of the runs below (RESUME, shrunk)."""
+
+    def cfg(run_dir: Path, *overrides: str):
+        return compose("train", [*RESUME, *fast_overrides["train"], *overrides], output_dir=run_dir)
+
+    return cfg
+
+
+@pytest.fixture
+def assert_same_run(assert_same):
+    def check(a: dict, b: dict) -> None:
+        assert a["global_step"] == b["global_step"] == STEPS
+        for key in COMPARED:
+            assert_same(a[key], b[key], key)
+        assert_same(a["callbacks"]["EMA"], b["callbacks"]["EMA"], "EMA state")
+        assert_same(a["loops"], b["loops"], "loops")  # counters and the loader's position
+
+    return check
 
 
 def _epoch_counts(ckpt: dict) -> dict[str, int]:
     return ckpt["loops"]["fit_loop"]["epoch_progress"]["total"]
 
 
-def test_resume_is_bit_exact_from_batch_and_epoch_end_checkpoints(tmp_path: Path):
+def test_resume_is_bit_exact_from_batch_and_epoch_end_checkpoints(
+    tmp_path: Path, resume_cfg, read_ckpt, assert_same_run
+):
     """10 steps straight == the same run stopped and resumed at each kind of checkpoint."""
     straight = tmp_path / "straight"
-    train(compose_cfg("train", [*RESUME, f"trainer.max_steps={STEPS}"], straight))
+    train(resume_cfg(straight, f"trainer.max_steps={STEPS}"))
     a = read_ckpt(straight / "checkpoints" / "last.ckpt")
     assert a["timestep_sampler"]["loss_counts"].min() == 2  # the importance sampler was active
     key = "unet.out.2.weight"
@@ -219,20 +217,22 @@ def test_resume_is_bit_exact_from_batch_and_epoch_end_checkpoints(tmp_path: Path
         saved = legs / "checkpoints" / "last.ckpt"
         shutil.copy(straight / "checkpoints" / f"step_{step:07d}.ckpt", saved)
         assert read_ckpt(saved)["global_step"] == step
-        train(compose_cfg("train", [*RESUME, f"trainer.max_steps={STEPS}", "ckpt_path=last"], legs))
-        _assert_same_run(a, read_ckpt(saved))
+        train(resume_cfg(legs, f"trainer.max_steps={STEPS}", "ckpt_path=last"))
+        assert_same_run(a, read_ckpt(saved))
 
     # written in on_train_epoch_end by LastCheckpoint: the run stops at the end of its second epoch
     legs = tmp_path / "epoch_end"
-    train(compose_cfg("train", [*RESUME, f"trainer.max_steps={STEPS}", "+trainer.max_epochs=2"], legs))
+    train(resume_cfg(legs, f"trainer.max_steps={STEPS}", "+trainer.max_epochs=2"))
     saved = read_ckpt(legs / "checkpoints" / "last.ckpt")
     counts = _epoch_counts(saved)
     assert saved["global_step"] == 6 and counts["processed"] == counts["completed"] + 1 == 2  # an epoch end
-    train(compose_cfg("train", [*RESUME, f"trainer.max_steps={STEPS}", "ckpt_path=last"], legs))
-    _assert_same_run(a, read_ckpt(legs / "checkpoints" / "last.ckpt"))
+    train(resume_cfg(legs, f"trainer.max_steps={STEPS}", "ckpt_path=last"))
+    assert_same_run(a, read_ckpt(legs / "checkpoints" / "last.ckpt"))
 
 
-def test_resume_is_bit_exact_from_lightning_epoch_checkpoints(tmp_path: Path):
+def test_resume_is_bit_exact_from_lightning_epoch_checkpoints(
+    tmp_path: Path, resume_cfg, read_ckpt, assert_same_run
+):
     """Lightning's own ModelCheckpoint, writing at every epoch end (save_on_train_epoch_end)."""
     per_epoch = [
         "callbacks.model_checkpoint.every_n_train_steps=null",
@@ -241,26 +241,22 @@ def test_resume_is_bit_exact_from_lightning_epoch_checkpoints(tmp_path: Path):
         "callbacks.model_checkpoint.filename=epoch_\\{epoch\\}",
     ]
     straight = tmp_path / "straight"
-    train(compose_cfg("train", [*RESUME, *per_epoch, f"trainer.max_steps={STEPS}"], straight))
+    train(resume_cfg(straight, *per_epoch, f"trainer.max_steps={STEPS}"))
     a = read_ckpt(straight / "checkpoints" / "last.ckpt")
     saved = straight / "checkpoints" / "epoch_0.ckpt"
     assert read_ckpt(saved)["global_step"] == 3
     legs = tmp_path / "legs"
-    train(
-        compose_cfg(
-            "train",
-            [*RESUME, *per_epoch, f"trainer.max_steps={STEPS}", f"ckpt_path={saved}"],
-            legs,
-        )
-    )
-    _assert_same_run(a, read_ckpt(legs / "checkpoints" / "last.ckpt"))
+    train(resume_cfg(legs, *per_epoch, f"trainer.max_steps={STEPS}", f"ckpt_path={saved}"))
+    assert_same_run(a, read_ckpt(legs / "checkpoints" / "last.ckpt"))
 
 
-def test_classifier_resume_with_validation_is_bit_exact(tmp_path: Path):
+def test_classifier_resume_with_validation_is_bit_exact(
+    tmp_path: Path, compose, fast_overrides, read_ckpt, assert_same
+):
     """3 steps straight == 2 steps, validation, resume to 3: validation must not move the training streams."""
     common = [
         "experiment=smoke_classifier",
-        *FAST_CLS,
+        *fast_overrides["train_classifier"],
         "lr_schedule=constant",
         "data.val_fraction=0.05",
         "trainer.val_check_interval=2",
@@ -269,77 +265,67 @@ def test_classifier_resume_with_validation_is_bit_exact(tmp_path: Path):
         "callbacks.model_checkpoint=null",
     ]
     straight, legs = tmp_path / "straight", tmp_path / "legs"
-    train_classifier(compose_cfg("train_classifier", [*common, "trainer.max_steps=3"], straight))
-    train_classifier(compose_cfg("train_classifier", [*common, "trainer.max_steps=2"], legs))
+    train_classifier(compose("train_classifier", [*common, "trainer.max_steps=3"], output_dir=straight))
+    train_classifier(compose("train_classifier", [*common, "trainer.max_steps=2"], output_dir=legs))
     train_classifier(
-        compose_cfg("train_classifier", [*common, "trainer.max_steps=3", "ckpt_path=last"], legs)
+        compose("train_classifier", [*common, "trainer.max_steps=3", "ckpt_path=last"], output_dir=legs)
     )
     a, b = read_ckpt(straight / "checkpoints" / "last.ckpt"), read_ckpt(legs / "checkpoints" / "last.ckpt")
     assert a["global_step"] == b["global_step"] == 3
     for key in ["state_dict", "optimizer_states", "lr_schedulers", "rng_states"]:
-        _same(a[key], b[key], key)
+        assert_same(a[key], b[key], key)
 
 
-class _Linear(pl.LightningModule):
-    """A tiny model with dropout (it draws from the random streams) for Lightning-only runs."""
-
-    def __init__(self):
-        super().__init__()
-        self.lin = torch.nn.Linear(64, 10)
-        self.drop = torch.nn.Dropout(0.5)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return torch.nn.functional.cross_entropy(self.lin(self.drop(x.flatten(1))), y)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-
-def _fit_by_epochs(run_dir: Path, max_epochs: int, ckpt_path: str | None = None) -> dict:
-    from hydra import compose, initialize_config_dir
+@pytest.fixture
+def fit_by_epochs(compose, dropout_linear, read_ckpt):
+    """``fit_by_epochs(run_dir, max_epochs, ckpt_path=None) -> dict``: a Lightning-only run (no adm module)
+    with the resume callbacks; returns its last checkpoint."""
     from hydra.utils import instantiate
 
     from adm.callbacks import EpochEndResume, LastCheckpoint, RandomStreams
 
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(overrides=["+data=mnist5k", "data.image_size=8", "data.batch_size=4"])
-    pl.seed_everything(0)
-    datamodule = instantiate(cfg.data, val_fraction=0.9976)  # 12 training digits: 3 batches per epoch
-    module = _Linear()
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_epochs=max_epochs,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=run_dir,
-        callbacks=[
-            RandomStreams(seed=0),
-            EpochEndResume(),
-            LastCheckpoint(dirpath=run_dir, save_top_k=0, save_last=True, save_on_train_epoch_end=True),
-        ],
-    )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    return read_ckpt(run_dir / "last.ckpt")
+    data = compose(None, ["+data=mnist5k", "data.image_size=8", "data.batch_size=4"]).data
+
+    def fit(run_dir: Path, max_epochs: int, ckpt_path: str | None = None) -> dict:
+        pl.seed_everything(0)
+        datamodule = instantiate(data, val_fraction=0.9976)  # 12 training digits: 3 batches per epoch
+        module = dropout_linear()
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            max_epochs=max_epochs,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=run_dir,
+            callbacks=[
+                RandomStreams(seed=0),
+                EpochEndResume(),
+                LastCheckpoint(dirpath=run_dir, save_top_k=0, save_last=True, save_on_train_epoch_end=True),
+            ],
+        )
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        return read_ckpt(run_dir / "last.ckpt")
+
+    return fit
 
 
-def test_resume_is_bit_exact_when_training_by_epochs(tmp_path: Path):
+def test_resume_is_bit_exact_when_training_by_epochs(tmp_path: Path, fit_by_epochs, assert_same):
     """max_epochs, no max_steps: Lightning restores no loader position; the loader starts the right epoch."""
-    a = _fit_by_epochs(tmp_path / "straight", max_epochs=4)
-    _fit_by_epochs(tmp_path / "legs", max_epochs=2)
-    b = _fit_by_epochs(tmp_path / "legs", max_epochs=4, ckpt_path=str(tmp_path / "legs" / "last.ckpt"))
+    a = fit_by_epochs(tmp_path / "straight", max_epochs=4)
+    fit_by_epochs(tmp_path / "legs", max_epochs=2)
+    b = fit_by_epochs(tmp_path / "legs", max_epochs=4, ckpt_path=str(tmp_path / "legs" / "last.ckpt"))
     assert a["global_step"] == b["global_step"] == 12
     for key in ["state_dict", "optimizer_states", "rng_states"]:
-        _same(a[key], b[key], key)
+        assert_same(a[key], b[key], key)
 
 
 # --- kill -9 ------------------------------------------------------------------------------------------------
-def _script(run_dir: Path, *overrides: str) -> list[str]:
+def _script(run_dir: Path, fast: list[str], *overrides: str) -> list[str]:
     return [
         sys.executable,
         "scripts/train.py",
         *RESUME,
+        *fast,
         "callbacks.model_checkpoint=null",
         "callbacks.last_checkpoint.every_n_train_steps=1",
         f"hydra.run.dir={run_dir}",
@@ -348,18 +334,23 @@ def _script(run_dir: Path, *overrides: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_resume_after_kill_9_is_bit_exact(tmp_path: Path):
+def test_resume_after_kill_9_is_bit_exact(tmp_path: Path, fast_overrides, read_ckpt, assert_same):
     """A run killed (SIGKILL) mid-way and resumed with ckpt_path=last == an uninterrupted run."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     steps = 60
+    fast = fast_overrides["train"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     done = subprocess.run(
-        _script(straight, f"trainer.max_steps={steps}"), cwd=REPO, env=env, capture_output=True, timeout=600
+        _script(straight, fast, f"trainer.max_steps={steps}"),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr.decode()[-3000:]
 
     proc = subprocess.Popen(
-        _script(killed, f"trainer.max_steps={steps}"),
+        _script(killed, fast, f"trainer.max_steps={steps}"),
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -381,7 +372,7 @@ def test_resume_after_kill_9_is_bit_exact(tmp_path: Path):
     assert 11 <= stopped_at < steps
 
     resumed = subprocess.run(
-        _script(killed, f"trainer.max_steps={steps}", "ckpt_path=last"),
+        _script(killed, fast, f"trainer.max_steps={steps}", "ckpt_path=last"),
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -392,8 +383,8 @@ def test_resume_after_kill_9_is_bit_exact(tmp_path: Path):
     assert a["global_step"] == b["global_step"] == steps
     for key in COMPARED:
         if key != "global_step":
-            _same(a[key], b[key], key)
-    _same(a["loops"], b["loops"], "loops")
+            assert_same(a[key], b[key], key)
+    assert_same(a["loops"], b["loops"], "loops")
 
 
 def test_each_rank_restores_its_own_random_streams():

@@ -16,7 +16,6 @@ from adm.recipes.runs import expand_resume
 from adm.recipes.train import train
 
 REPO = Path(__file__).resolve().parents[1]
-from test_train import FAST, compose_cfg, read_ckpt  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
@@ -43,10 +42,14 @@ def _saved(run_dir: Path) -> dict[str, bytes]:
     }
 
 
-def test_resume_by_run_directory_rereads_the_overrides_and_keeps_the_saved_config(tmp_path: Path):
+def test_resume_by_run_directory_rereads_the_overrides_and_keeps_the_saved_config(
+    tmp_path: Path, fast_overrides, read_ckpt
+):
     run = tmp_path / "run"
     # non-default sizes: resuming without them would build another network
-    first = _cli("experiment=smoke", *FAST, *QUIET, "trainer.max_steps=3", f"hydra.run.dir={run}")
+    first = _cli(
+        "experiment=smoke", *fast_overrides["train"], *QUIET, "trainer.max_steps=3", f"hydra.run.dir={run}"
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     assert read_ckpt(run / "checkpoints" / "last.ckpt")["global_step"] == 3
     saved = _saved(run)
@@ -119,45 +122,53 @@ def test_expand_resume(tmp_path: Path):
         expand_resume(["-m", f"resume={tmp_path}"])
 
 
-def _train(tmp_path: Path, *more: str):
-    return train(compose_cfg("train", ["experiment=smoke", *FAST, *QUIET, *more], tmp_path))
+@pytest.fixture
+def train_smoke(compose, fast_overrides):
+    """``train_smoke(run_dir, *overrides) -> Trainer``: the smoke experiment, shrunk, trained in run_dir."""
+
+    def run(run_dir: Path, *more: str):
+        overrides = ["experiment=smoke", *fast_overrides["train"], *QUIET, *more]
+        return train(compose("train", overrides, output_dir=run_dir))
+
+    return run
 
 
-def test_ckpt_path_last_auto_and_none(tmp_path: Path):
+def test_ckpt_path_last_auto_and_none(tmp_path: Path, train_smoke, read_ckpt):
     with pytest.raises(UsageError, match="ckpt_path=last: no checkpoint"):
-        _train(tmp_path / "a", "ckpt_path=last")
-    assert _train(tmp_path / "a", "ckpt_path=auto", "trainer.max_steps=3").global_step == 3  # starts
-    trainer = _train(tmp_path / "a", "ckpt_path=auto", "trainer.max_steps=4")  # continues
+        train_smoke(tmp_path / "a", "ckpt_path=last")
+    assert train_smoke(tmp_path / "a", "ckpt_path=auto", "trainer.max_steps=3").global_step == 3  # starts
+    trainer = train_smoke(tmp_path / "a", "ckpt_path=auto", "trainer.max_steps=4")  # continues
     assert trainer.global_step == 4
     assert read_ckpt(tmp_path / "a" / "checkpoints" / "last.ckpt")["global_step"] == 4
     # starting over in a directory that holds a checkpoint of the run is refused
     with pytest.raises(UsageError, match="already holds last.ckpt"):
-        _train(tmp_path / "a", "trainer.max_steps=4")
+        train_smoke(tmp_path / "a", "trainer.max_steps=4")
     # a continuation may not change what is trained
     with pytest.raises(UsageError, match="optimizer.lr"):
-        _train(tmp_path / "a", "ckpt_path=last", "trainer.max_steps=6", "optimizer.lr=0.5")
+        train_smoke(tmp_path / "a", "ckpt_path=last", "trainer.max_steps=6", "optimizer.lr=0.5")
     assert read_ckpt(tmp_path / "a" / "checkpoints" / "last.ckpt")["global_step"] == 4
 
 
-def test_a_checkpoint_of_another_network_is_one_clear_error(tmp_path: Path):
-    _train(tmp_path / "a", "trainer.max_steps=1")
+def test_a_checkpoint_of_another_network_is_one_clear_error(tmp_path: Path, train_smoke):
+    train_smoke(tmp_path / "a", "trainer.max_steps=1")
     ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
     with pytest.raises(UsageError, match=r"another model/diffusion config .*model\.num_res_blocks"):
-        _train(tmp_path / "b", f"ckpt_path={ckpt}", "model.num_res_blocks=2", "trainer.max_steps=2")
+        train_smoke(tmp_path / "b", f"ckpt_path={ckpt}", "model.num_res_blocks=2", "trainer.max_steps=2")
     with pytest.raises(FileNotFoundError, match="ckpt_path=.*does not exist"):
-        _train(tmp_path / "c", f"ckpt_path={tmp_path / 'none.ckpt'}")
+        train_smoke(tmp_path / "c", f"ckpt_path={tmp_path / 'none.ckpt'}")
 
 
-def test_wandb_continues_the_same_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_wandb_continues_the_same_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, train_smoke):
     wandb_lib = pytest.importorskip("wandb")
+    wandb_lib.finish()  # a run another test left active would be taken over by Lightning's WandbLogger
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     wandb = ["logger=wandb", "logger.wandb.offline=true", "tags=[adm,smoke]"]
-    trainer = _train(tmp_path, *wandb, "trainer.max_steps=2")
+    trainer = train_smoke(tmp_path, *wandb, "trainer.max_steps=2")
     assert list(trainer.logger.experiment.tags) == ["adm", "smoke"]
     wandb_lib.finish()  # the process ends here on a cluster; a new one resumes
     run_id = (tmp_path / "wandb_id").read_text().strip()
-    _train(tmp_path, *wandb, "trainer.max_steps=3", "ckpt_path=last")
+    train_smoke(tmp_path, *wandb, "trainer.max_steps=3", "ckpt_path=last")
     wandb_lib.finish()
     assert (tmp_path / "wandb_id").read_text().strip() == run_id
     runs = sorted((tmp_path / "wandb").glob("offline-run-*"))

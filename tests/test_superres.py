@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from torch import nn
 
 from adm.config import build_network, load_preset
@@ -22,7 +21,7 @@ from adm.io.images import from_uint8
 from adm.io.npz import BaseSamples
 from adm.lit.diffusion import DiffusionModule
 from adm.lit.superres import SuperResModule
-from adm.nn import SuperResUNet, UNet
+from adm.nn import SuperResUNet
 from adm.pipeline import sample_two_stage, upsample
 from adm.recipes.train import train_superres as train
 from adm.recipes.upsample import UpsampleDrawer, load_upsampler
@@ -36,8 +35,6 @@ from adm.sampling import (
     upsample_seed,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-
 # 16 px digits from 8 px inputs, 8 images per step: seconds on a CPU.
 TINY = [
     "experiment=sr_mnist",
@@ -46,11 +43,6 @@ TINY = [
     "model.low_res_size=8",
     "batch_size=8",
 ]
-
-
-def compose_cfg(config_name: str, overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose(config_name, overrides=overrides)
 
 
 def correlations(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -72,10 +64,10 @@ def ckpt_path(run: Path) -> Path:
 
 # --- training -----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def trained_sr(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained_sr(tmp_path_factory: pytest.TempPathFactory, compose) -> Path:
     """Two optimizer steps of the tiny upsampler with the real train_superres config; its run folder."""
     out = tmp_path_factory.mktemp("sr_run")
-    cfg = compose_cfg(
+    cfg = compose(
         "train_superres",
         [
             *TINY,
@@ -312,9 +304,9 @@ def test_upsample_noise_is_per_sample():
 
 
 @pytest.mark.slow
-def test_trained_upsampler_follows_its_own_low_res(tmp_path: Path):
+def test_trained_upsampler_follows_its_own_low_res(tmp_path: Path, compose):
     """Briefly trained: each output matches its own low_res far better than other digits of its class."""
-    cfg = compose_cfg(
+    cfg = compose(
         "train_superres", [*TINY, "batch_size=16", "trainer.max_steps=200", f"paths.output_dir={tmp_path}"]
     )
     train(cfg)
@@ -352,29 +344,6 @@ def test_trained_upsampler_follows_its_own_low_res(tmp_path: Path):
 
 
 # --- base -> upsampler on CPU -------------------------------------------------------------------------------
-def save_base_checkpoint(path: Path) -> Path:
-    """A tiny class-conditional 8 px base model in the training-checkpoint layout (random weights)."""
-    kwargs = {k: v for k, v in load_preset("adm_u_tiny").items() if k != "diffusion"}
-    kwargs.update(image_size=8, in_channels=1)
-    torch.manual_seed(1)
-    unet = UNet(**{k: v for k, v in kwargs.items() if k != "_target_"})
-    for p in unet.out.parameters():
-        nn.init.normal_(p, std=0.05)
-    diffusion = {
-        "_target_": "adm.diffusion.create_diffusion",
-        "steps": 1000,
-        "noise_schedule": "cosine",
-        "learn_sigma": True,
-    }
-    ckpt = {
-        "adm_config": {"model": kwargs, "diffusion": diffusion, "data": {}},
-        "state_dict": {f"unet.{k}": v for k, v in unet.state_dict().items()},
-        "global_step": 0,
-    }
-    torch.save(ckpt, path)
-    return path
-
-
 def tiny(name: str, **kwargs) -> nn.Module:
     """A tiny preset network resized for 1-channel images, with a random (not zero) output layer."""
     cfg = {k: v for k, v in load_preset(name).items() if k != "diffusion"}
@@ -423,8 +392,8 @@ def test_two_stage_in_one_call():
     np.testing.assert_array_equal(again(range(1, 3))[0], up[1:])
 
 
-def test_base_then_upsample_on_cpu(trained_sr: Path, tmp_path: Path):
-    base_ckpt = save_base_checkpoint(tmp_path / "base.ckpt")
+def test_base_then_upsample_on_cpu(trained_sr: Path, tmp_path: Path, compose, hydra_app, tiny_checkpoint):
+    base_ckpt = tiny_checkpoint(overrides=["data.num_classes=10"], seed=1)  # 8 px digits of 10 classes
     common = [
         f"ckpt={ckpt_path(trained_sr)}",
         "sampler=ddpm",
@@ -435,19 +404,18 @@ def test_base_then_upsample_on_cpu(trained_sr: Path, tmp_path: Path):
         "trainer.accelerator=cpu",
     ]
     two_stage = tmp_path / "two_stage"
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(
-            "upsample",
-            overrides=[
-                *common,
-                "num_samples=5",
-                "batch_size=2",
-                f"out_dir={two_stage}",
-                f"paths.output_dir={two_stage}",
-                f'base="ckpt={base_ckpt} sampler=ddpm sampler.steps=3 labels=random"',
-            ],
-        )
-        result = upsample_script(cfg)
+    cfg = compose(
+        "upsample",
+        overrides=[
+            *common,
+            "num_samples=5",
+            "batch_size=2",
+            f"out_dir={two_stage}",
+            f"paths.output_dir={two_stage}",
+            f'base="ckpt={base_ckpt} sampler=ddpm sampler.steps=3 labels=random"',
+        ],
+    )
+    result = upsample_script(cfg)
 
     with np.load(result["samples"]) as up, np.load(result["base_samples"]) as base:
         assert up["arr_0"].shape == (5, 16, 16, 1) and up["arr_0"].dtype == np.uint8
@@ -460,32 +428,31 @@ def test_base_then_upsample_on_cpu(trained_sr: Path, tmp_path: Path):
 
     # Upsampling the saved base file again, in other batches: the same images (per-sample seeds).
     again = tmp_path / "again"
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(
-            "upsample",
-            overrides=[
-                *common,
-                "batch_size=3",
-                f"base_samples={result['base_samples']}",
-                f"out_dir={again}",
-                f"paths.output_dir={again}",
-            ],
-        )
-        result2 = upsample_script(cfg)
-        with np.load(result2["samples"]) as up2:
-            np.testing.assert_array_equal(up2["arr_0"], up_images)
-        with pytest.raises(ValueError, match="trained on 8 px"):  # 16 px "base" images for an 8 -> 16 model
-            upsample_script(
-                compose(
-                    "upsample",
-                    overrides=[
-                        *common,
-                        f"base_samples={result2['samples']}",
-                        f"out_dir={tmp_path / 'bad'}",
-                        f"paths.output_dir={tmp_path / 'bad'}",
-                    ],
-                )
+    cfg = compose(
+        "upsample",
+        overrides=[
+            *common,
+            "batch_size=3",
+            f"base_samples={result['base_samples']}",
+            f"out_dir={again}",
+            f"paths.output_dir={again}",
+        ],
+    )
+    result2 = upsample_script(cfg)
+    with np.load(result2["samples"]) as up2:
+        np.testing.assert_array_equal(up2["arr_0"], up_images)
+    with pytest.raises(ValueError, match="trained on 8 px"):  # 16 px "base" images for an 8 -> 16 model
+        upsample_script(
+            compose(
+                "upsample",
+                overrides=[
+                    *common,
+                    f"base_samples={result2['samples']}",
+                    f"out_dir={tmp_path / 'bad'}",
+                    f"paths.output_dir={tmp_path / 'bad'}",
+                ],
             )
+        )
 
 
 # --- OpenAI-shaped weights ----------------------------------------------------------------------------------
@@ -505,12 +472,12 @@ GOLDEN_SR = [
 ]
 
 
-def test_openai_upsampler_weights_reproduce_golden(golden_dir: Path, rel_error):
+def test_openai_upsampler_weights_reproduce_golden(golden_dir: Path, rel_error, compose):
     """OpenAI's SuperResModel state dict (golden superres_cond), loaded as openai_ckpt=... model=<preset>."""
     case = golden_dir / "superres_cond"
     tensors = torch.load(case / "tensors.pt", weights_only=True)
     overrides = [f"openai_ckpt={case / 'state_dict.pt'}", *GOLDEN_SR, "paths.output_dir=unused"]
-    cfg = compose_cfg("upsample", overrides)
+    cfg = compose("upsample", overrides)
     loaded, low_res_size = load_upsampler(cfg)
     assert isinstance(loaded.network, SuperResUNet) and low_res_size == loaded.network.low_res_size == 16
     assert loaded.fingerprint["weights"] == "openai" and loaded.diffusion.num_timesteps == 1000
@@ -518,24 +485,24 @@ def test_openai_upsampler_weights_reproduce_golden(golden_dir: Path, rel_error):
         out = loaded.network(tensors["x"], tensors["timesteps"], low_res=tensors["low_res"], y=tensors["y"])
     assert rel_error(out, tensors["output"]) <= 1e-5
 
-    bad = compose_cfg("upsample", [*overrides[:1], "model=adm_sr_tiny", "paths.output_dir=unused"])
+    bad = compose("upsample", [*overrides[:1], "model=adm_sr_tiny", "paths.output_dir=unused"])
     with pytest.raises(ValueError, match="does not fit"):
         load_upsampler(bad)
 
 
-def test_paper_presets_compose():
+def test_paper_presets_compose(compose):
     for name, large, diffusion in [("adm_sr_64_256", 256, "linear"), ("adm_sr_128_512", 512, "linear")]:
-        cfg = compose_cfg("upsample", ["openai_ckpt=x.pt", f"model={name}", "paths.output_dir=unused"])
+        cfg = compose("upsample", ["openai_ckpt=x.pt", f"model={name}", "paths.output_dir=unused"])
         assert cfg.model._target_ == "adm.nn.SuperResUNet" and cfg.model.image_size == large
         assert cfg.diffusion.schedule == diffusion
     for exp, small, large in [("sr_64_256", 64, 256), ("sr_128_512", 128, 512), ("sr_mnist", 14, 28)]:
-        cfg = compose_cfg("train_superres", [f"experiment={exp}", "paths.output_dir=unused"])
+        cfg = compose("train_superres", [f"experiment={exp}", "paths.output_dir=unused"])
         assert (cfg.model.low_res_size, cfg.model.image_size, cfg.data.image_size) == (small, large, large)
         assert "low_res_size" not in cfg
         assert cfg.callbacks.sample_grid is not None  # the grid upsamples held-out real images
 
 
-def test_openai_presets_know_their_low_res_size():
+def test_openai_presets_know_their_low_res_size(compose):
     """OpenAI's upsamplers, as presets and as OpenAI's factory builds them from the README flags."""
     from adm.compat.models import sr_create_model
 
@@ -544,7 +511,7 @@ def test_openai_presets_know_their_low_res_size():
         "adm_sr_128_512": (512, 128, "32,16", 4, 64),
     }
     for name, (large, small, attention, heads, head_channels) in readme.items():
-        cfg = compose_cfg("upsample", ["openai_ckpt=x.pt", f"model={name}", "paths.output_dir=unused"])
+        cfg = compose("upsample", ["openai_ckpt=x.pt", f"model={name}", "paths.output_dir=unused"])
         with torch.device("meta"):
             preset = build_network(OmegaConf.to_container(cfg.model, resolve=True))
             factory = sr_create_model(
@@ -570,14 +537,15 @@ def test_openai_presets_know_their_low_res_size():
         sr_create_model(64, 64, 32, 1, True, False, False, "16", 1, -1, -1, True, 0.0, True, False)
 
 
-def test_old_checkpoints_with_a_top_level_low_res_size_load(trained_sr: Path, tmp_path: Path):
+def test_old_checkpoints_with_a_top_level_low_res_size_load(trained_sr: Path, tmp_path: Path, compose):
     """Upsampler checkpoints that kept low_res_size next to the model section (not in it) still load."""
     ckpt = torch.load(ckpt_path(trained_sr), map_location="cpu", weights_only=True)
+    # the old layout, made by hand from a new checkpoint: no writer produces it any more
     ckpt["adm_config"]["low_res_size"] = ckpt["adm_config"]["model"].pop("low_res_size")
     old = tmp_path / "old.ckpt"
     torch.save(ckpt, old)
     assert load_checkpoint(old).unet.low_res_size == 8
-    cfg = compose_cfg("upsample", [f"ckpt={old}", "paths.output_dir=unused"])
+    cfg = compose("upsample", [f"ckpt={old}", "paths.output_dir=unused"])
     loaded, low_res_size = load_upsampler(cfg)
     assert low_res_size == loaded.network.low_res_size == 8
     torch.testing.assert_close(
@@ -585,7 +553,7 @@ def test_old_checkpoints_with_a_top_level_low_res_size_load(trained_sr: Path, tm
     )
 
 
-def test_upsampling_refuses_base_images_of_the_wrong_size(golden_dir: Path, tmp_path: Path):
+def test_upsampling_refuses_base_images_of_the_wrong_size(golden_dir: Path, tmp_path: Path, compose):
     """OpenAI weights with their preset: base images must have the preset's low_res_size."""
     overrides = [
         f"openai_ckpt={golden_dir / 'superres_cond' / 'state_dict.pt'}",
@@ -597,7 +565,7 @@ def test_upsampling_refuses_base_images_of_the_wrong_size(golden_dir: Path, tmp_
     images = np.zeros((2, 8, 8, 3), dtype=np.uint8)  # 8 px base images for a 16 -> 32 upsampler
     base = write_npz(tmp_path / "base.npz", images, np.array([1, 2]))
     out = tmp_path / "out"
-    cfg = compose_cfg(
+    cfg = compose(
         "upsample", [*overrides, f"base_samples={base}", f"out_dir={out}", f"paths.output_dir={out}"]
     )
     with pytest.raises(ValueError, match="8x8 but this upsampler was trained on 16 px"):

@@ -6,29 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
 
 from adm.io.checkpoint import AtomicCheckpointIO, load_checkpoint
 from adm.recipes.train import train, train_classifier
 
-REPO = Path(__file__).resolve().parents[1]
-
-# Small everywhere (the CPU is shared): 8 px digits, 4 images per step, two resolutions in the networks.
-FAST = ["data.image_size=8", "batch_size=4", "model.channel_mult=[1,2]"]
-FAST_CLS = ["data.image_size=8", "batch_size=4", "classifier.channel_mult=[1,2]"]
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
-
-
-def compose_cfg(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose(config_name, overrides=[*overrides, f"paths.output_dir={output_dir}"])
-
-
-def read_ckpt(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def metrics_header(run_dir: Path) -> list[str]:
@@ -36,8 +18,9 @@ def metrics_header(run_dir: Path) -> list[str]:
     return csv.read_text().splitlines()[0].split(",")
 
 
-def test_smoke_diffusion(tmp_path: Path):
-    cfg = compose_cfg("train", ["experiment=smoke", *FAST, "trainer.max_steps=4"], tmp_path)
+def test_smoke_diffusion(tmp_path: Path, compose, fast_overrides, read_ckpt):
+    small = fast_overrides["train"]
+    cfg = compose("train", ["experiment=smoke", *small, "trainer.max_steps=4"], output_dir=tmp_path)
     trainer = train(cfg)
     assert trainer.global_step == 4
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
@@ -70,16 +53,17 @@ def test_smoke_diffusion(tmp_path: Path):
 
     # resuming with other checkpoint settings still continues from, and rewrites, last.ckpt
     more = ["callbacks.last_checkpoint.every_n_train_steps=7", "trainer.max_steps=5", "ckpt_path=last"]
-    train(compose_cfg("train", ["experiment=smoke", *FAST, *more], tmp_path))
+    train(compose("train", ["experiment=smoke", *small, *more], output_dir=tmp_path))
     assert read_ckpt(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 5
     assert not list((tmp_path / "checkpoints").glob("last-v*.ckpt"))
 
 
-def test_smoke_classifier(tmp_path: Path):
-    cfg = compose_cfg(
+def test_smoke_classifier(tmp_path: Path, compose, fast_overrides):
+    fast = fast_overrides["train_classifier"]
+    cfg = compose(
         "train_classifier",
-        ["experiment=smoke_classifier", *FAST_CLS, "trainer.max_steps=4", "trainer.val_check_interval=2"],
-        tmp_path,
+        ["experiment=smoke_classifier", *fast, "trainer.max_steps=4", "trainer.val_check_interval=2"],
+        output_dir=tmp_path,
     )
     trainer = train_classifier(cfg)
     assert trainer.global_step == 4
@@ -100,18 +84,18 @@ def test_smoke_classifier(tmp_path: Path):
     assert ckpt.config["classifier"]["out_channels"] == 10
 
 
-def test_bad_inputs(tmp_path: Path):
+def test_bad_inputs(tmp_path: Path, compose, fast_overrides):
     with pytest.raises(ValueError, match="not divisible"):
         train(
-            compose_cfg(
+            compose(
                 "train",
                 ["experiment=smoke", "batch_size=7", "trainer.accumulate_grad_batches=2"],
-                tmp_path / "a",
+                output_dir=tmp_path / "a",
             )
         )
     with pytest.raises(FileNotFoundError, match="no-such-dir"):
         train(
-            compose_cfg(
+            compose(
                 "train",
                 [
                     "experiment=smoke",
@@ -119,35 +103,36 @@ def test_bad_inputs(tmp_path: Path):
                     "data.num_classes=2",
                     f"data.path={tmp_path}/no-such-dir",
                 ],
-                tmp_path / "b",
+                output_dir=tmp_path / "b",
             )
         )
+    missing = [*fast_overrides["train"], f"ckpt_path={tmp_path}/missing.ckpt"]
     with pytest.raises(FileNotFoundError, match="ckpt_path"):
-        train(
-            compose_cfg(
-                "train", ["experiment=smoke", *FAST, f"ckpt_path={tmp_path}/missing.ckpt"], tmp_path / "c"
-            )
-        )
+        train(compose("train", ["experiment=smoke", *missing], output_dir=tmp_path / "c"))
     with pytest.raises(ValueError, match="unconditional"):
         train_classifier(
-            compose_cfg("train_classifier", ["experiment=smoke", "data.num_classes=null"], tmp_path / "d")
+            compose(
+                "train_classifier", ["experiment=smoke", "data.num_classes=null"], output_dir=tmp_path / "d"
+            )
         )
 
 
-def test_loggers_wandb_offline_and_tensorboard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_loggers_wandb_offline_and_tensorboard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compose, fast_overrides
+):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_home"))
     monkeypatch.setenv("WANDB_SILENT", "true")
-    cfg = compose_cfg(
+    cfg = compose(
         "train",
         [
             "experiment=smoke",
-            *FAST,
+            *fast_overrides["train"],
             "trainer.max_steps=2",
             "logger=many",
             "callbacks.sample_grid.sampler.steps=2",
         ],
-        tmp_path,
+        output_dir=tmp_path,
     )
     train(cfg)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))

@@ -19,18 +19,17 @@ from adm.callbacks import EMA
 from adm.recipes.train import train
 
 REPO = Path(__file__).resolve().parents[1]
-from test_train import FAST, compose_cfg, read_ckpt  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
-def test_ddp_two_cpu_processes_keep_the_global_batch(tmp_path: Path):
+def test_ddp_two_cpu_processes_keep_the_global_batch(tmp_path: Path, fast_overrides, read_ckpt):
     # `strategy=ddp` re-executes the command line for rank 1, so run the real script as a subprocess.
     cmd = [
         sys.executable,
         "scripts/train.py",
         "experiment=smoke",
-        *FAST,
+        *fast_overrides["train"],
         "batch_size=8",
         "trainer=ddp",
         "trainer.accelerator=cpu",
@@ -57,17 +56,17 @@ def test_ddp_two_cpu_processes_keep_the_global_batch(tmp_path: Path):
     assert loader["_sampler_iter_state"]["sampler_state"] == {"epoch": 0, "position": 8}
 
 
-def test_bf16_mixed_on_cpu(tmp_path: Path):
-    cfg = compose_cfg(
+def test_bf16_mixed_on_cpu(tmp_path: Path, compose, fast_overrides, read_ckpt):
+    cfg = compose(
         "train",
         [
             "experiment=smoke",
-            *FAST,
+            *fast_overrides["train"],
             "trainer.precision=bf16-mixed",
             "trainer.max_steps=2",
             "callbacks.sample_grid.sampler.steps=2",
         ],
-        tmp_path,
+        output_dir=tmp_path,
     )
     trainer = train(cfg)
     assert trainer.global_step == 2
@@ -133,35 +132,41 @@ def test_design_card_command_without_gpu_or_data_stops_with_one_message(tmp_path
     assert not list((tmp_path / "runs").rglob("*.ckpt"))
 
 
-def _preflight_cfg(tmp_path: Path, *overrides: str):
-    return compose_cfg("train", ["model=adm_u_tiny", "data=mnist5k", *overrides], tmp_path)
+@pytest.fixture
+def preflight_cfg(compose, tmp_path: Path):
+    """``preflight_cfg(*overrides)``: the tiny model's train config, written to tmp_path."""
+
+    def cfg(*overrides: str):
+        return compose("train", ["model=adm_u_tiny", "data=mnist5k", *overrides], output_dir=tmp_path)
+
+    return cfg
 
 
 def test_several_devices_train_with_ddp_in_bf16_on_gpus_and_cpu_processes_are_capped(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, preflight_cfg
 ):
     import adm.recipes.runs as runs
 
     monkeypatch.setattr(runs, "_cpu_cores", lambda: 2)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     for devices, nodes, precision in ((8, 1, "bf16-mixed"), (1, 1, "32-true"), (1, 4, "bf16-mixed")):
-        cfg = _preflight_cfg(tmp_path, f"trainer.devices={devices}", f"trainer.num_nodes={nodes}")
+        cfg = preflight_cfg(f"trainer.devices={devices}", f"trainer.num_nodes={nodes}")
         assert (cfg.trainer.strategy, cfg.trainer.precision) == ("auto", "auto")  # Lightning: DDP for > 1
         runs.preflight(cfg)
         assert cfg.trainer.precision == precision
-    cfg = _preflight_cfg(tmp_path, "trainer.devices=8", "trainer.precision=16-mixed")
+    cfg = preflight_cfg("trainer.devices=8", "trainer.precision=16-mixed")
     runs.preflight(cfg)
     assert cfg.trainer.precision == "16-mixed"  # an explicit choice stays
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(runs.UsageError, match=r"trainer.devices=3 but no GPU is visible.*devices=2 or fewer"):
-        runs.preflight(_preflight_cfg(tmp_path, "trainer.devices=3"))
-    cfg = _preflight_cfg(tmp_path, "trainer.devices=3", "trainer.allow_cpu_oversubscribe=true")
+        runs.preflight(preflight_cfg("trainer.devices=3"))
+    cfg = preflight_cfg("trainer.devices=3", "trainer.allow_cpu_oversubscribe=true")
     runs.preflight(cfg)
     assert cfg.trainer.precision == "32-true"
-    runs.preflight(_preflight_cfg(tmp_path, "trainer.devices=2"))
+    runs.preflight(preflight_cfg("trainer.devices=2"))
     with pytest.raises(runs.UsageError, match="trainer.accelerator=gpu but no GPU is visible.*trainer=cpu"):
-        runs.preflight(_preflight_cfg(tmp_path, "trainer=gpu"))
+        runs.preflight(preflight_cfg("trainer=gpu"))
     with pytest.raises(FileNotFoundError, match="no images at data.path=.*missing"):
-        runs.preflight(_preflight_cfg(tmp_path, "data=imagefolder", f"data.path={tmp_path / 'missing'}"))
+        runs.preflight(preflight_cfg("data=imagefolder", f"data.path={tmp_path / 'missing'}"))
     assert "allow_cpu_oversubscribe" not in runs.trainer_kwargs(cfg.trainer)

@@ -12,7 +12,6 @@ from types import SimpleNamespace
 import pytest
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_dir
 from torch import nn
 
 from adm.callbacks import EMA, ema_decay
@@ -188,14 +187,13 @@ class _Boom:
         return (print, ("this must never run",))
 
 
-def test_load_checkpoint_rejects_foreign_corrupt_and_unsafe_files(tmp_path: Path, capsys):
+def test_load_checkpoint_rejects_foreign_corrupt_and_unsafe_files(tmp_path: Path, capsys, tiny_checkpoint):
     foreign = tmp_path / "openai.pt"
     torch.save({"input_blocks.0.0.weight": torch.zeros(1)}, foreign)
     with pytest.raises(ValueError, match="not an adm training checkpoint"):
         load_checkpoint(foreign)
 
-    good = tmp_path / "good.ckpt"
-    torch.save({"adm_config": {}, "state_dict": {}}, good)
+    good = tiny_checkpoint("classifier")
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(good.read_bytes()[:50])
     with pytest.raises(ValueError, match="truncated|corrupt"):
@@ -203,7 +201,7 @@ def test_load_checkpoint_rejects_foreign_corrupt_and_unsafe_files(tmp_path: Path
 
     unsafe = tmp_path / "unsafe.ckpt"
     with open(unsafe, "wb") as f:
-        pickle.dump({"adm_config": _Boom()}, f)
+        pickle.dump({"adm_config": _Boom()}, f)  # hand-made: a pickle no writer would produce
     with pytest.raises(ValueError):
         load_checkpoint(unsafe)
     assert "must never run" not in capsys.readouterr().out
@@ -219,21 +217,26 @@ CONF = REPO / "conf"
 SCRIPTS = ("train", "train_classifier", "train_superres")
 
 
-def _compose(name: str, overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(name, overrides=[*overrides, "paths.output_dir=/tmp/unused"], return_hydra_config=True)
+@pytest.fixture
+def compose_train(compose):
+    """``compose_train(name, overrides)``: a training script's config with its hydra node (the task name)."""
+
+    def compose_(name: str, overrides: list[str]):
+        return compose(name, overrides, output_dir="/tmp/unused", hydra_node=True)
+
+    return compose_
 
 
-def test_paper_experiments_compose():
-    cfg = _compose("train", ["experiment=adm_u_64_imagenet"])
+def test_paper_experiments_compose(compose_train):
+    cfg = compose_train("train", ["experiment=adm_u_64_imagenet"])
     assert (cfg.batch_size, cfg.optimizer.lr, cfg.model.dropout) == (2048, 3e-4, 0.1)
     assert list(cfg.callbacks.ema.rates) == [0.9999] and cfg.hydra.runtime.choices.diffusion == "cosine"
     assert cfg.model._target_ == "adm.nn.UNet" and cfg.trainer.strategy == "ddp"
     assert (cfg.model.image_size, cfg.model.in_channels, cfg.model.num_classes) == (64, 3, 1000)
-    cfg = _compose("train", ["experiment=adm_u_256_imagenet"])
+    cfg = compose_train("train", ["experiment=adm_u_256_imagenet"])
     assert (cfg.batch_size, cfg.optimizer.lr, cfg.hydra.runtime.choices.diffusion) == (256, 1e-4, "linear")
 
-    cfg = _compose("train_classifier", ["experiment=classifier_imagenet128"])
+    cfg = compose_train("train_classifier", ["experiment=classifier_imagenet128"])
     assert (cfg.batch_size, cfg.optimizer.lr, cfg.optimizer.weight_decay) == (256, 3e-4, 0.05)
     assert cfg.trainer.max_steps == cfg.lr_schedule.anneal_steps == 300000
     assert cfg.data.random_crop and cfg.hydra.runtime.choices.diffusion == "linear"
@@ -245,16 +248,16 @@ def test_paper_experiments_compose():
         "adm_u_256_uncond_imagenet",
         "adm_u_lsun_bedroom",
     ):
-        assert _compose("train", [f"experiment={name}"]).task_name == name
+        assert compose_train("train", [f"experiment={name}"]).task_name == name
     for name in ("classifier_imagenet64", "classifier_imagenet256", "classifier_imagenet512"):
-        assert _compose("train_classifier", [f"experiment={name}"]).task_name == name
+        assert compose_train("train_classifier", [f"experiment={name}"]).task_name == name
 
 
 def _experiments(script: str) -> set[str]:
     return {p.stem for p in (CONF / "experiments" / script / "experiment").glob("*.yaml")}
 
 
-def test_each_training_script_has_its_own_experiments():
+def test_each_training_script_has_its_own_experiments(compose_train):
     from hydra.errors import MissingConfigException
 
     assert {"smoke", "demo_diffusion", "adm_u_64_imagenet"} <= _experiments("train")
@@ -262,28 +265,28 @@ def test_each_training_script_has_its_own_experiments():
     assert {"sr_mnist", "sr_64_256", "sr_128_512"} <= _experiments("train_superres")
     assert not (CONF / "experiment").exists()  # no shared group the scripts could confuse
 
-    diffusion = _compose("train", ["experiment=smoke"])
+    diffusion = compose_train("train", ["experiment=smoke"])
     assert diffusion.task_name == "smoke" and "model" in diffusion and "classifier" not in diffusion
-    classifier = _compose("train_classifier", ["experiment=smoke"])
+    classifier = compose_train("train_classifier", ["experiment=smoke"])
     assert classifier.task_name == "smoke_classifier"
     assert "classifier" in classifier and "model" not in classifier
     assert classifier.hydra.runtime.choices.classifier == "adm_cls_tiny" and classifier.trainer.max_steps == 6
-    alias = _compose("train_classifier", ["experiment=smoke_classifier"])
+    alias = compose_train("train_classifier", ["experiment=smoke_classifier"])
     assert alias.task_name == "smoke_classifier" and alias.classifier == classifier.classifier
-    assert _compose("train_superres", ["experiment=sr_mnist"]).task_name == "sr_mnist"
+    assert compose_train("train_superres", ["experiment=sr_mnist"]).task_name == "sr_mnist"
 
     # another script's (or an unknown) name: Hydra's error lists exactly this script's experiments
     for script, name in [("train_classifier", "adm_u_64_imagenet"), ("train", "demo_classifier"),
                          ("train_superres", "smoke"), ("train", "nope")]:  # fmt: skip
         with pytest.raises(MissingConfigException) as info:
-            _compose(script, [f"experiment={name}"])
+            compose_train(script, [f"experiment={name}"])
         listed = set(str(info.value).split("Available options in 'experiment':")[1].split()) & (
             _experiments("train") | _experiments("train_classifier") | _experiments("train_superres")
         )
         assert listed == _experiments(script), (script, listed)
 
 
-def test_training_configs_take_sizes_and_classes_from_the_data():
+def test_training_configs_take_sizes_and_classes_from_the_data(compose_train):
     for path in [
         *(CONF / "experiments").glob("*/experiment/*.yaml"),
         *(CONF / f"{script}.yaml" for script in SCRIPTS),
@@ -293,17 +296,17 @@ def test_training_configs_take_sizes_and_classes_from_the_data():
     for path in (CONF / "data").glob("*.yaml"):
         data = path.read_text()
         assert "\nchannels: " in data and "\nnum_classes: " in data and "class_cond" not in data, path
-    cfg = _compose("train", [])
+    cfg = compose_train("train", [])
     assert (cfg.model.image_size, cfg.model.in_channels, cfg.model.num_classes) == (28, 1, 10)
-    cfg = _compose("train", ["data.image_size=8", "data.num_classes=null"])
+    cfg = compose_train("train", ["data.image_size=8", "data.num_classes=null"])
     assert (cfg.model.image_size, cfg.model.num_classes) == (8, None)
-    cfg = _compose("train_superres", ["model=adm_sr_64_256", "data=cifar10"])
+    cfg = compose_train("train_superres", ["model=adm_sr_64_256", "data=cifar10"])
     assert (cfg.model.image_size, cfg.model.in_channels, cfg.model.num_classes) == (32, 3, 10)
-    cfg = _compose("train_classifier", ["classifier=adm_cls_64"])  # the preset brings ImageNet-64
+    cfg = compose_train("train_classifier", ["classifier=adm_cls_64"])  # the preset brings ImageNet-64
     assert (cfg.data.image_size, cfg.classifier.image_size, cfg.classifier.out_channels) == (64, 64, 1000)
 
 
-def test_data_values_are_checked_against_the_config_and_the_images(tmp_path: Path):
+def test_data_values_are_checked_against_the_config_and_the_images(tmp_path: Path, compose_train):
     from PIL import Image
 
     from adm.data import ImageFolderDataModule, MNIST5kDataModule
@@ -311,11 +314,13 @@ def test_data_values_are_checked_against_the_config_and_the_images(tmp_path: Pat
 
     with pytest.raises(ValueError, match=r"data.num_classes is not set .*data.num_classes=null"):
         check_data_values(
-            _compose("train", ["data=imagefolder", "data.path=x", "data.num_classes=???"]), "model"
+            compose_train("train", ["data=imagefolder", "data.path=x", "data.num_classes=???"]), "model"
         )
     with pytest.raises(ValueError, match="a noisy classifier needs labels"):
-        check_data_values(_compose("train_classifier", ["data.num_classes=null"]), "classifier")
-    check_data_values(_compose("train", ["data=imagefolder", "data.path=x", "data.num_classes=3"]), "model")
+        check_data_values(compose_train("train_classifier", ["data.num_classes=null"]), "classifier")
+    check_data_values(
+        compose_train("train", ["data=imagefolder", "data.path=x", "data.num_classes=3"]), "model"
+    )
 
     common = dict(
         image_size=8, batch_size=2, num_workers=0, val_fraction=0.0, split_seed=0, random_flip=False,

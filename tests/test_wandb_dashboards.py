@@ -18,13 +18,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
-from hydra import compose, initialize_config_dir
 from PIL import Image
-from test_sample import FAST, load_npz, run, write_tiny_checkpoints
 
 from adm.errors import UsageError
-from adm.io.files import atomic_torch_save
 from adm.metrics import DomainClassifier
 from adm.recipes.evaluate import evaluate_samples
 from adm.recipes.sweep import format_summary
@@ -157,19 +153,20 @@ def wandb_offline(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict[str, Path]:
-    """test_sample's tiny model and classifier (8 px grey images, 3 classes)."""
-    return write_tiny_checkpoints(tmp_path_factory.mktemp("tiny"))
+def tiny(tiny_ckpts) -> dict[str, Path]:
+    """The sampling tests' tiny model and classifier (8 px grey images, 3 classes)."""
+    return tiny_ckpts
 
 
 @pytest.fixture(scope="module")
-def named(tiny, tmp_path_factory) -> Path:
-    """The tiny model, its checkpoint recording the class names of its data."""
-    ckpt = torch.load(tiny["model"], map_location="cpu", weights_only=True)
-    ckpt["adm_config"]["data"] = {"class_names": CLASSES}
-    path = tmp_path_factory.mktemp("named") / "model.ckpt"
-    atomic_torch_save(ckpt, path)
-    return path
+def named(tiny_checkpoint) -> Path:
+    """The tiny model (the same weights), its checkpoint recording the class names of its data."""
+    return tiny_checkpoint(ema=True, class_names=CLASSES)
+
+
+@pytest.fixture
+def fast(fast_overrides) -> list[str]:
+    return fast_overrides["sample"]
 
 
 @pytest.fixture(scope="module")
@@ -182,9 +179,9 @@ def scoring(tmp_path_factory) -> dict[str, Path]:
     return {"domain": folder / "domain.pt", "reference": folder / "ref.npz"}
 
 
-def _sample_args(named: Path, tiny: dict[str, Path], scoring: dict[str, Path]) -> list[str]:
+def _sample_args(named: Path, tiny: dict[str, Path], scoring: dict[str, Path], fast: list[str]) -> list[str]:
     return [
-        f"ckpt={named}", f"classifier_ckpt={tiny['classifier']}", "guidance.scale=2", *FAST,
+        f"ckpt={named}", f"classifier_ckpt={tiny['classifier']}", "guidance.scale=2", *fast,
         "num_samples=6", "batch_size=6", "labels=[2,0,1]", "grid_size=5", "table_rows=4",
         f"evaluate.domain_ckpt={scoring['domain']}", f"evaluate.reference={scoring['reference']}",
         "logger=wandb", "tags=[adm8,baseline]",
@@ -192,9 +189,11 @@ def _sample_args(named: Path, tiny: dict[str, Path], scoring: dict[str, Path]) -
 
 
 # --- sample jobs --------------------------------------------------------------------------------------------
-def test_sample_job_logs_scores_settings_table_and_grid(named, tiny, scoring, tmp_path):
+def test_sample_job_logs_scores_settings_table_and_grid(
+    named, tiny, scoring, tmp_path, fast, run_sample, load_npz
+):
     out = tmp_path / "job"
-    result = run(_sample_args(named, tiny, scoring), out)
+    result = run_sample(_sample_args(named, tiny, scoring, fast), out)
     (folder,) = offline_runs(out)
     logged = read_run(folder)
     run_id = (out / "wandb_id").read_text().strip()
@@ -234,11 +233,11 @@ def test_sample_job_logs_scores_settings_table_and_grid(named, tiny, scoring, tm
         np.testing.assert_array_equal(np.asarray(png), np.asarray(written))
 
 
-def test_rerun_continues_the_same_run(named, tiny, scoring, tmp_path):
+def test_rerun_continues_the_same_run(named, tiny, scoring, tmp_path, fast, run_sample):
     out = tmp_path / "job"
-    args = [*_sample_args(named, tiny, scoring), "labels=random"]
-    run(args, out)
-    again = run(args, out)  # the same job in the same run directory (e.g. after a preemption)
+    args = [*_sample_args(named, tiny, scoring, fast), "labels=random"]
+    run_sample(args, out)
+    again = run_sample(args, out)  # the same job in the same run directory (e.g. after a preemption)
     assert again["generated_shards"] == 0
     first, second = (read_run(f) for f in offline_runs(out))
     run_id = (out / "wandb_id").read_text().strip()
@@ -247,11 +246,11 @@ def test_rerun_continues_the_same_run(named, tiny, scoring, tmp_path):
     assert second.summary["sample/fid"] == first.summary["sample/fid"]  # the same samples, scored again
 
 
-def test_class_indices_when_the_checkpoint_names_no_classes(tiny, scoring, tmp_path):
+def test_class_indices_when_the_checkpoint_names_no_classes(tiny, scoring, tmp_path, fast, run_sample):
     out = tmp_path / "job"
-    args = [f"ckpt={tiny['model']}", *FAST, "num_samples=4", "batch_size=4", "labels=[1,2]",
+    args = [f"ckpt={tiny['model']}", *fast, "num_samples=4", "batch_size=4", "labels=[1,2]",
             "table_rows=2", "logger=wandb"]  # fmt: skip
-    run(args, out)
+    run_sample(args, out)
     (folder,) = offline_runs(out)
     logged = read_run(folder)
     assert logged.summary["grid"]["caption"] == "4 samples: 1, 2, 1, 2"
@@ -259,14 +258,14 @@ def test_class_indices_when_the_checkpoint_names_no_classes(tiny, scoring, tmp_p
     assert "sample/fid" not in logged.summary  # not scored: no scores, still the samples
 
 
-def test_no_logger_by_default(tiny, tmp_path):
+def test_no_logger_by_default(tiny, tmp_path, fast, run_sample):
     out = tmp_path / "job"
-    run([f"ckpt={tiny['model']}", *FAST, "num_samples=2", "batch_size=2"], out)
+    run_sample([f"ckpt={tiny['model']}", *fast, "num_samples=2", "batch_size=2"], out)
     assert not (out / "wandb").exists() and not (out / "wandb_id").exists()
 
 
 # --- evaluation ---------------------------------------------------------------------------------------------
-def test_evaluation_logs_its_scores(scoring, tmp_path):
+def test_evaluation_logs_its_scores(scoring, tmp_path, compose):
     rng = np.random.default_rng(1)
     samples = tmp_path / "samples.npz"
     np.savez(samples, arr_0=rng.integers(0, 256, (12, 8, 8, 1), dtype=np.uint8), arr_1=rng.integers(0, 3, 12))
@@ -274,9 +273,7 @@ def test_evaluation_logs_its_scores(scoring, tmp_path):
     overrides = [f"samples={samples}", f"reference={scoring['reference']}", "feature_extractor=domain",
                  f"domain_ckpt={scoring['domain']}", "progress=false", "logger=wandb", "tags=[eval]",
                  f"paths.output_dir={out}"]  # fmt: skip
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("evaluate", overrides=overrides)
-    results = evaluate_samples(cfg)
+    results = evaluate_samples(compose("evaluate", overrides))
     (folder,) = offline_runs(out)
     logged = read_run(folder)
     assert logged.run.job_type == "evaluate" and list(logged.run.tags) == ["eval"]
@@ -286,14 +283,13 @@ def test_evaluation_logs_its_scores(scoring, tmp_path):
 
 
 # --- training: the FID callback's scores --------------------------------------------------------------------
-def test_training_run_keeps_the_best_fid(tmp_path):
-    from test_train import FAST as TRAIN_FAST
-    from test_train import compose_cfg
-
+def test_training_run_keeps_the_best_fid(tmp_path, compose, fast_overrides):
     from adm.recipes.runs import preflight
     from adm.recipes.train import build_trainer_and_data
 
-    cfg = compose_cfg("train", ["experiment=smoke", *TRAIN_FAST, "logger=wandb"], tmp_path)
+    cfg = compose(
+        "train", ["experiment=smoke", *fast_overrides["train"], "logger=wandb"], output_dir=tmp_path
+    )
     preflight(cfg)  # as the recipe does first (settles trainer.precision)
     trainer, _ = build_trainer_and_data(cfg)  # where the training recipe builds its loggers
     (logger,) = trainer.loggers
@@ -310,11 +306,11 @@ def test_training_run_keeps_the_best_fid(tmp_path):
 
 
 # --- sweeps -------------------------------------------------------------------------------------------------
-def test_sweep_jobs_share_a_group_and_a_summary_run(named, tiny, scoring, tmp_path, wandb_offline):
+def test_sweep_jobs_share_a_group_and_a_summary_run(named, tiny, scoring, tmp_path, wandb_offline, fast):
     sweep = tmp_path / "sweep"
     cmd = [
         sys.executable, "scripts/sample.py", "-m", "guidance.scale=0,1",
-        f"ckpt={named}", f"classifier_ckpt={tiny['classifier']}", *FAST, "num_samples=6", "batch_size=6",
+        f"ckpt={named}", f"classifier_ckpt={tiny['classifier']}", *fast, "num_samples=6", "batch_size=6",
         f"evaluate.domain_ckpt={scoring['domain']}", f"evaluate.reference={scoring['reference']}",
         "logger=wandb", "tags=[sweep]", f"hydra.sweep.dir={sweep}",
     ]  # fmt: skip
@@ -368,17 +364,18 @@ def test_text_summary_names_every_setting_that_varies():
 
 
 # --- errors -------------------------------------------------------------------------------------------------
-def test_missing_wandb_is_one_clear_error_before_sampling(tiny, scoring, tmp_path, monkeypatch):
+def test_missing_wandb_is_one_clear_error_before_sampling(
+    tiny, scoring, tmp_path, monkeypatch, fast, run_sample, compose
+):
     monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` now fails as if it were not installed
     out = tmp_path / "job"
     with pytest.raises(UsageError, match="pip install wandb"):
-        run([f"ckpt={tiny['model']}", *FAST, "num_samples=2", "batch_size=2", "logger=wandb"], out)
+        run_sample([f"ckpt={tiny['model']}", *fast, "num_samples=2", "batch_size=2", "logger=wandb"], out)
     assert not out.exists() or not any(out.iterdir())  # nothing drawn, nothing recorded
     overrides = [f"samples={scoring['reference']}", f"reference={scoring['reference']}", "logger=wandb",
                  "feature_extractor=domain", f"domain_ckpt={scoring['domain']}", "progress=false",
                  f"paths.output_dir={tmp_path / 'eval'}"]  # fmt: skip
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("evaluate", overrides=overrides)
+    cfg = compose("evaluate", overrides)
     with pytest.raises(UsageError, match="pip install wandb"):
         evaluate_samples(cfg)
     assert not (tmp_path / "eval" / "metrics.json").exists()  # nothing scored
