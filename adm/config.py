@@ -1,11 +1,13 @@
 """The package's Hydra configs (``conf/``), composed and instantiated with Hydra's own machinery.
 
-A network preset is a file of the ``model`` or ``classifier`` group. It names the network class
-(``_target_``) and its architecture, takes the image size, channels and class count from the data it was
-made for (``${data.image_size}`` ...; its defaults list selects that data, e.g. ``override /data:
-imagenet64``) and, for diffusion models, selects the process its weights need (``override /diffusion:
-cosine``). Presets are composed through ``conf/presets.yaml`` as the training and sampling scripts compose
-them, from the installed package (any working directory, no source tree needed).
+A network preset is a plain file of the ``model`` or ``classifier`` group: the network class (``_target_``)
+and its architecture, with the image size, channels and class count read from the data
+(``${data.image_size}`` ...). What it was made for is the overlay of the same name in ``conf/preset/``: the
+data (e.g. ``/data: imagenet64``) and, for diffusion models, the process its weights need (``/diffusion:
+cosine``). The scripts select the overlay by the chosen preset's name (``- preset: ${model}``), so
+``model=adm_u_64`` brings ImageNet 64 and the cosine process, and ``data=...`` still wins. Presets are
+composed through ``conf/presets.yaml`` as the training and sampling scripts compose them, from the installed
+package (any working directory, no source tree needed).
 
     >>> list_presets("classifier")[:2]
     ['adm_cls_128', 'adm_cls_256']
@@ -45,7 +47,7 @@ __all__ = [
 
 CONFIG_MODULE = "adm.conf"  # the configs ship inside the package
 KINDS = ("model", "classifier")
-_PRESETS_CONFIG = "presets"  # conf/presets.yaml: a data, diffusion, model and classifier slot, all empty
+_PRESETS_CONFIG = "presets"  # conf/presets.yaml: empty model and classifier slots, the chosen one's overlay
 _VERSION_BASE = "1.3"
 
 

@@ -3,13 +3,14 @@ data they select, sizes of the released models, the presets that fit a checkpoin
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import re
 from pathlib import Path
 
-import hydra
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import adm
@@ -25,7 +26,7 @@ from adm.config import (
 )
 from adm.nn import EncoderUNet, SuperResUNet, UNet, load_state_dict_checked, shape_map
 
-CONF = Path(adm.__file__).resolve().parent / "conf"
+CONF = Path(importlib.import_module("adm.conf").__file__).resolve().parent  # the top-level conf/
 RELEASED_MODELS = {  # preset: (parameters in millions from the released checkpoints, diffusion, data)
     "adm_u_64": (295.9, "cosine", "imagenet64"),
     "adm_u_128": (421.5, "linear", "imagenet128"),
@@ -68,19 +69,21 @@ def test_preset_file_format_and_values_from_the_data(name):
     kind = "classifier" if name.startswith("adm_cls") else "model"
     path = CONF / kind / f"{name}.yaml"
     lines = path.read_text().splitlines()
-    assert lines[0] == "# @package _global_"
-    assert lines[1].startswith("# ") and len(lines[1]) > 20  # what it reproduces
+    assert lines[0].startswith("# ") and len(lines[0]) > 20  # what it reproduces
     raw = OmegaConf.load(path)
-    assert set(raw) == {"defaults", kind}
+    assert "defaults" not in raw and raw._target_  # a plain network description (package: model / classifier)
+    # what it was made for is its overlay: the data and, for diffusion models, the process
+    overlay_path = CONF / "preset" / f"{name}.yaml"
+    assert overlay_path.read_text().startswith("# @package _global_\n# ")
+    overlay = OmegaConf.load(overlay_path)
     preset = compose_preset(name)
-    # the defaults list selects the process (diffusion models) and the data the preset describes
-    expected = [{"override /data": preset.data_name}]
+    expected = [{"/data": preset.data_name}]
     if kind == "model":
-        expected.insert(0, {"override /diffusion": preset.diffusion_name})
+        expected.append({"/diffusion": preset.diffusion_name})
         assert preset.diffusion._target_  # resolved: reads the network's learn_sigma
-    assert OmegaConf.to_container(raw.defaults) == expected
+    assert set(overlay) == {"defaults"} and OmegaConf.to_container(overlay.defaults) == expected
     # image size, channels and classes are the data's, by interpolation, never written twice
-    net = OmegaConf.to_container(raw[kind])
+    net = OmegaConf.to_container(raw)
     assert {k: net[k] for k in FROM_DATA} == FROM_DATA
     classes = "out_channels" if kind == "classifier" else "num_classes"
     assert net[classes] == "${data.num_classes}" or (name == "adm_u_256_uncond" and net[classes] is None)
@@ -92,6 +95,13 @@ def test_preset_file_format_and_values_from_the_data(name):
     cls = target[resolved["_target_"]]
     assert cls is (SuperResUNet if "_sr_" in name else EncoderUNet if kind == "classifier" else UNet)
     assert set(resolved) - {"_target_", "diffusion"} == _constructor_args(cls)
+
+
+def test_every_preset_has_one_overlay_and_no_overlay_is_left_over():
+    overlays = {p.stem for p in (CONF / "preset").glob("*.yaml")}
+    assert overlays == set(list_presets("model") + list_presets("classifier")) | {"none"}
+    none = OmegaConf.load(CONF / "preset" / "none.yaml")  # for weights that describe themselves
+    assert OmegaConf.to_container(none.defaults) == [{"/data": None}, {"/diffusion": None}]
 
 
 @pytest.mark.parametrize("name", sorted(RELEASED_MODELS))
@@ -213,7 +223,7 @@ def test_fitting_presets_and_the_hint_of_a_load_error():
 
 def test_networks_do_not_depend_on_the_config_layer():
     imports = re.compile(r"^\s*(from|import)\s+(adm\.config|adm\.conf|hydra|omegaconf)\b", re.M)
-    files = list((CONF.parent / "nn").glob("*.py"))
+    files = list((Path(adm.__file__).resolve().parent / "nn").glob("*.py"))
     assert len(files) > 3
     for path in files:
         assert not imports.search(path.read_text()), f"{path.name} imports the config layer"
@@ -237,9 +247,10 @@ def test_training_configs_build_the_preset_networks():
     assert OmegaConf.to_container(cfg.diffusion, resolve=True) == compose_preset("adm_u_64").diffusion
 
 
-def test_presets_compose_inside_a_running_hydra_app(hydra_app):
+def test_presets_compose_inside_a_running_hydra_app():
     """adm.config works while another Hydra config is initialised (a running script) and leaves it as is."""
-    before = hydra.compose("sample", overrides=["model=adm_u_64"])
-    assert compose_config("presets", ["classifier=adm_cls_128"]).classifier.image_size == 128
-    after = hydra.compose("sample", overrides=["model=adm_u_64"])
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        before = compose("sample", overrides=["model=adm_u_64"])
+        assert compose_config("presets", ["classifier=adm_cls_128"]).classifier.image_size == 128
+        after = compose("sample", overrides=["model=adm_u_64"])
     assert before == after and after.model.image_size == 64 and after.data.image_size == 64
