@@ -43,11 +43,14 @@ def _save_old_run(run_dir: Path, overrides: list[str], old_overrides: list[str])
     (run_dir / ".hydra").mkdir(parents=True)
     OmegaConf.save(OmegaConf.create(unresolved), run_dir / ".hydra" / "config.yaml")
     OmegaConf.save(OmegaConf.create(old_overrides), run_dir / ".hydra" / "overrides.yaml")
-    with_output = OmegaConf.create(unresolved)
-    with_output.paths.output_dir = str(run_dir)  # Hydra's runtime dir, which a composition outside a run lacks
-    resolved = OmegaConf.to_container(with_output, resolve=True)
-    (run_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(resolved))
+    (run_dir / "resolved_config.yaml").write_text(_resolved_text(unresolved, run_dir))
     return unresolved
+
+
+def _resolved_text(task: dict, run_dir: Path) -> str:
+    """resolved_config.yaml's text for a task config (paths.output_dir: the run dir Hydra would give it)."""
+    with_dir = OmegaConf.merge(task, {"paths": {"output_dir": str(run_dir)}})
+    return OmegaConf.to_yaml(OmegaConf.to_container(with_dir, resolve=True))
 
 
 def test_the_moved_keys_are_where_the_table_says():
@@ -72,10 +75,7 @@ def test_an_old_run_directory_resumes_and_a_real_change_is_refused(tmp_path: Pat
     # the run directory accepts the continuation: its own files stay, this launch's go to resumed_1/
     RunDirGuard().on_run_start(resumed)
     assert resumed.hydra.output_subdir == ".hydra/resumed_1"
-    plain = {k: resumed[k] for k in resumed if k != "hydra"}
-    text = OmegaConf.to_yaml(
-        OmegaConf.to_container(OmegaConf.merge(plain, {"paths": {"output_dir": str(run_dir)}}), resolve=True)
-    )
+    text = _resolved_text({k: resumed[k] for k in resumed if k != "hydra"}, run_dir)
     assert check_saved_config(text, run_dir) is False  # kept as it is, not refused
 
     # a real change of the moved setting is still refused, under its new name
@@ -84,10 +84,7 @@ def test_an_old_run_directory_resumes_and_a_real_change_is_refused(tmp_path: Pat
         RunDirGuard().on_run_start(changed)
     assert stop.value.code == 2
     assert "module.label_dropout: 0.2 -> 0.3" in capsys.readouterr().err
-    plain = {k: changed[k] for k in changed if k != "hydra"}
-    text = OmegaConf.to_yaml(
-        OmegaConf.to_container(OmegaConf.merge(plain, {"paths": {"output_dir": str(run_dir)}}), resolve=True)
-    )
+    text = _resolved_text({k: changed[k] for k in changed if k != "hydra"}, run_dir)
     with pytest.raises(UsageError, match=r"module\.label_dropout: 0\.2 -> 0\.3"):
         check_saved_config(text, run_dir)
 
