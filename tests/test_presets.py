@@ -8,9 +8,9 @@ import inspect
 import re
 from pathlib import Path
 
+import hydra
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import adm
@@ -247,10 +247,9 @@ def test_training_configs_build_the_preset_networks():
     assert OmegaConf.to_container(cfg.diffusion, resolve=True) == compose_preset("adm_u_64").diffusion
 
 
-def test_presets_compose_inside_a_running_hydra_app():
+def test_presets_compose_inside_a_running_hydra_app(hydra_app):
     """adm.config works while another Hydra config is initialised (a running script) and leaves it as is."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        before = compose("sample", overrides=["model=adm_u_64"])
-        assert compose_config("presets", ["classifier=adm_cls_128"]).classifier.image_size == 128
-        after = compose("sample", overrides=["model=adm_u_64"])
+    before = hydra.compose("sample", overrides=["model=adm_u_64"])
+    assert compose_config("presets", ["classifier=adm_cls_128"]).classifier.image_size == 128
+    after = hydra.compose("sample", overrides=["model=adm_u_64"])
     assert before == after and after.model.image_size == 64 and after.data.image_size == 64
