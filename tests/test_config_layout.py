@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from adm.config import compose_config
 from adm.errors import UsageError
-from adm.recipes.runs import MOVED_KEYS, RunDirGuard, check_saved_config, expand_resume
+from adm.recipes.runs import MOVED_KEYS, MOVED_TARGETS, RunDirGuard, check_saved_config, expand_resume
 
 RUN = ["experiment=demo_cfg"]  # a run that sets a moved key (module.label_dropout: 0.1)
 
@@ -26,7 +26,17 @@ def _old_layout(cfg: dict) -> dict:
         if parent and not node:
             del old[".".join(parent)]  # the group that holds it now did not exist
         OmegaConf.update(old, before, value, force_add=True)
-    return OmegaConf.to_container(old)
+    return _old_targets(OmegaConf.to_container(old))
+
+
+def _old_targets(node):
+    """`node` with every moved class named by its old path (the reverse of MOVED_TARGETS)."""
+    before = {now: old for old, now in MOVED_TARGETS.items()}
+    if isinstance(node, dict):
+        return {k: before.get(v, v) if k == "_target_" else _old_targets(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_old_targets(v) for v in node]
+    return node
 
 
 def _composed(run_dir: Path, *overrides: str):
@@ -65,6 +75,7 @@ def test_an_old_run_directory_resumes_and_a_real_change_is_refused(tmp_path: Pat
     run_dir = tmp_path / "run"
     old = _save_old_run(run_dir, [*RUN, "module.label_dropout=0.2"], [*RUN, "label_dropout=0.2"])
     assert old["label_dropout"] == 0.2 and "module" not in old  # the old layout indeed
+    assert old["callbacks"]["random_streams"]["_target_"] == "adm.lit.RandomStreams"  # a class that moved
 
     # resume=DIR: the saved overrides are given with the keys of today
     args = expand_resume([f"resume={run_dir}", "trainer.log_every_n_steps=5"])

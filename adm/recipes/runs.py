@@ -64,6 +64,13 @@ def _override_key(override: str) -> str:
 # Keys the config layout moved (old dotted key -> new one). A run directory saved before a move holds the
 # old key in its saved config and overrides; both are read with the key at its new place.
 MOVED_KEYS = {"label_dropout": "module.label_dropout"}
+# Classes that moved to another module: a config saved before names them by their old path.
+MOVED_TARGETS = {
+    "adm.lit.RandomStreams": "adm.callbacks.RandomStreams",
+    "adm.lit.EpochEndResume": "adm.callbacks.EpochEndResume",
+    "adm.lit.PreemptionCheckpoint": "adm.callbacks.PreemptionCheckpoint",
+    "adm.io.checkpoint.LastCheckpoint": "adm.callbacks.LastCheckpoint",
+}
 
 
 def _moved_key(key: str) -> str:
@@ -97,7 +104,19 @@ def _current_layout(plain: dict[str, Any]) -> dict[str, Any]:
         for part in path:
             node = node.setdefault(part, {})
         node.setdefault(leaf, value)
-    return out
+    return _current_targets(out)
+
+
+def _current_targets(node: Any) -> Any:
+    """`node` with every ``_target_`` of a moved class (:data:`MOVED_TARGETS`) named by its path now."""
+    if isinstance(node, dict):
+        return {
+            k: MOVED_TARGETS.get(v, v) if k == "_target_" and isinstance(v, str) else _current_targets(v)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_current_targets(v) for v in node]
+    return node
 
 
 def expand_resume(args: list[str]) -> list[str]:
