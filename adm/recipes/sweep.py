@@ -56,6 +56,7 @@ _COLUMNS = (
     "seconds_per_image",
 )
 
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())

@@ -34,7 +34,7 @@ def null_label_of(num_classes: int | None) -> int:
     if num_classes is None or int(num_classes) < 2:
         raise ValueError(
             "classifier-free guidance needs a class-conditional network with a null class (num_classes = "
-            f"data classes + 1), got num_classes={num_classes}; train one with label_dropout > 0"
+            f"data classes + 1), got num_classes={num_classes}; train one with module.label_dropout > 0"
         )
     return int(num_classes) - 1
 
