@@ -7,7 +7,10 @@ Every sampler is called as::
 
 with ``model_fn(x_t, t_model, **model_kwargs)`` and ``t_model = diffusion.model_timesteps(t)``.
 Options: ``steps`` + ``spacing`` (respacing, both samplers: e.g. ``steps=25, spacing="strided"``),
-``eta`` (DDIM); ``spacing="logsnr"``, ``thresholding`` (DPM-Solver++ 2M / 3M).
+``eta`` (DDIM); ``spacing="logsnr"``, ``thresholding`` (DPM-Solver++ 2M / 3M). The samplers in the noise level
+sigma (Euler ancestral, EDM, SDE-DPM-Solver++ 2M: :mod:`adm.sampling.stochastic`) take ``steps`` as network
+calls per image and a sigma ``schedule`` ("karras", "logsnr", "discrete"); :func:`network_calls` gives the
+exact count of every sampler.
 
 Classifier-free guidance (:class:`ClassifierFreeGuidance`) wraps the model instead
 (``guidance.wrap(model_fn)`` or ``guidance.wrap_network(net)``), so every sampler runs it unchanged.
@@ -18,10 +21,11 @@ upsampling stage), labels by index from :class:`LabelPlan`.
 """
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from adm.sampling.classifier_free import ClassifierFreeGuidance, ClassifierFreeNetwork, null_label_of
+from adm.sampling.common import Steps
 from adm.sampling.ddim import ddim_sample, ddim_step
 from adm.sampling.ddpm import ddpm_sample, ddpm_step
 from adm.sampling.dpm_solver import dpm_solver_timesteps, dpmpp_2m_sample, dpmpp_3m_sample, dpmpp_sample
@@ -37,6 +41,8 @@ from adm.sampling.guidance import (
     plan_guidance,
 )
 from adm.sampling.noise import PerSampleNoise, sample_seed, upsample_seed
+from adm.sampling.sigma import SIGMA_SCHEDULES, Denoiser, NoiseLevels, sigma_schedule
+from adm.sampling.stochastic import dpmpp_2m_sde_sample, edm_sample, euler_ancestral_sample, heun_levels
 
 # The samplers by the name users type (``sampler=<name>``, ``ADM.infer(sampler=<name>)``); every one has the
 # signature above. A sampler config (conf/sampler/<name>.yaml) is a partial of one of these functions.
@@ -45,7 +51,29 @@ SAMPLERS = {
     "ddim": ddim_sample,
     "dpmpp_2m": dpmpp_2m_sample,
     "dpmpp_3m": dpmpp_3m_sample,
+    "euler_ancestral": euler_ancestral_sample,
+    "edm": edm_sample,
+    "dpmpp_2m_sde": dpmpp_2m_sde_sample,
 }
+
+
+def network_calls(name: str, steps: Steps) -> int:
+    """Network calls per image of sampler `name` run with ``steps`` (the sampler's option).
+
+    One per step for every sampler but "edm" (Heun: 2 per noise level but the last, so
+    ``2 * ((steps + 1) // 2) - 1``); per-section counts (spacing "sections") add up. DPM-Solver++ with
+    spacing "logsnr" may merge repeated timesteps and call the network fewer times for a very large
+    ``steps``.
+    """
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; use one of {sorted(SAMPLERS)}")
+    if name == "edm":
+        return 2 * heun_levels(steps) - 1
+    if isinstance(steps, Sequence) and not isinstance(steps, str) and name in ("ddpm", "ddim"):
+        return sum(int(v) for v in steps)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a whole number >= 1 (or per-section counts), got {steps!r}")
+    return steps
 
 
 def sampler_name(sampler: Callable[..., Any]) -> str:
@@ -70,6 +98,14 @@ def build_sampler(name: str, **options: Any) -> functools.partial:
 __all__ = [
     "GUIDANCE_KINDS",
     "SAMPLERS",
+    "SIGMA_SCHEDULES",
+    "Denoiser",
+    "NoiseLevels",
+    "dpmpp_2m_sde_sample",
+    "edm_sample",
+    "euler_ancestral_sample",
+    "network_calls",
+    "sigma_schedule",
     "GuidanceKind",
     "GuidancePlan",
     "build_sampler",
