@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.adm-installed
 # torch / torchvision are pinned to the builds this project is developed and tested with.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=15
 # Tests run many tiny tensor ops, which are faster (and far faster on a busy machine) single-threaded;
 # tests that need another thread count set it themselves.
 TEST_THREADS ?= 1

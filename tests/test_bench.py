@@ -28,6 +28,7 @@ def workloads(bench):
     return importlib.import_module("bench_workloads")
 
 
+@pytest.mark.slow  # the whole tiny bench (three works, each in its own process); the allocator test runs one
 def test_tiny_bench_prints_one_table_without_the_reference(bench, monkeypatch, capsys):
     monkeypatch.delenv("ADM_OPENAI_REF", raising=False)
     rows = bench.main(["--tiny", "--repeats", "1", "--devices", "cpu"])
