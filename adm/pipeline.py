@@ -33,6 +33,7 @@ from adm.sampling import (
     LabelPlan,
     build_sampler,
     draw_images,
+    labels_by_name,
     plan_guidance,
     random_label,
     sample_seed,
@@ -67,6 +68,7 @@ class ADM(nn.Module):
         null_label: the null label of a network trained with label dropout (classifier-free guidance).
         classifier_process: the process the classifier was trained on, when known (checked to be the
             model's noising).
+        class_names: the data's class names (index order), so that ``infer(labels=...)`` takes names too.
 
     Build it from a preset (:meth:`from_preset`, then :meth:`load_openai` for OpenAI's released weights), from
     one of our training checkpoints (:meth:`from_checkpoint`) or from :func:`adm.weights.load_weights`
@@ -80,6 +82,7 @@ class ADM(nn.Module):
         classifier: nn.Module | None = None,
         null_label: int | None = None,
         classifier_process: GaussianDiffusion | None = None,
+        class_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         if bool(getattr(unet, "learn_sigma", diffusion.learn_sigma)) != diffusion.learn_sigma:
@@ -93,6 +96,7 @@ class ADM(nn.Module):
         self.diffusion = diffusion
         self.classifier = classifier
         self.classifier_process = classifier_process
+        self.class_names = None if class_names is None else [str(n) for n in class_names]
         if classifier is not None:
             self.plan("classifier", 0.0)  # checks that the classifier fits the model
 
@@ -150,6 +154,7 @@ class ADM(nn.Module):
             classifier.network if classifier is not None else None,
             null_label=model.null_label,
             classifier_process=classifier.diffusion if classifier is not None else None,
+            class_names=model.class_names,
         )
 
     @classmethod
@@ -279,6 +284,11 @@ class ADM(nn.Module):
             return torch.tensor(drawn, dtype=torch.int64)
         if n is None:
             raise ValueError("labels given but neither the UNet nor a classifier is class-conditional")
+        if isinstance(labels, str) or (
+            isinstance(labels, list | tuple) and any(isinstance(v, str) for v in labels)
+        ):  # class names, as scripts/sample.py labels=[zero,seven] takes them
+            named = labels_by_name(labels if isinstance(labels, str) else list(labels), self.class_names)
+            labels = [_index(v) for v in named] if isinstance(named, list) else _index(named)
         if isinstance(labels, bool):
             raise ValueError("labels must be an int, a sequence of ints or an int64 tensor")
         labels = torch.full((batch_size,), labels) if isinstance(labels, int) else torch.as_tensor(labels)
@@ -317,7 +327,7 @@ class ADM(nn.Module):
     def infer(
         self,
         batch_size: int,
-        labels: int | Sequence[int] | torch.Tensor | None = None,
+        labels: int | str | Sequence[int | str] | torch.Tensor | None = None,
         guidance: str | None = None,
         scale: float = 0.0,
         sampler: str = "ddpm",
@@ -337,7 +347,7 @@ class ADM(nn.Module):
             batch_size: number of images.
             labels: None (random labels for class-conditional models / guidance: label i from (seed, i), as
                 ``scripts/sample.py labels=random``), one int for every image, or ``batch_size`` ints in
-                [0, num_classes).
+                [0, num_classes); class names (one, or one per image) where the checkpoint records them.
             guidance: the guidance kind, as ``scripts/sample.py guidance=<kind>``: None (unguided),
                 "classifier" (the noisy classifier) or "cfg" (classifier-free: a model trained with label
                 dropout).
@@ -421,6 +431,15 @@ class ADM(nn.Module):
 
 
 # ---------------------------------------------------------------------- upsampling (ADM-U)
+def _index(value: Any) -> Any:
+    """A label given as text: its index when it is a number, else an error (names were mapped already)."""
+    if isinstance(value, str):
+        if not value.strip().lstrip("-").isdigit():
+            raise ValueError(f"labels={value!r}: give class names, class indices, or None for random labels")
+        return int(value)
+    return value
+
+
 def _check_low_res(low_res: torch.Tensor, count: int, channels: int, size: int) -> None:
     if not isinstance(low_res, torch.Tensor) or low_res.ndim != 4 or low_res.shape[1] != channels:
         shape = tuple(low_res.shape) if isinstance(low_res, torch.Tensor) else type(low_res).__name__

@@ -201,3 +201,19 @@ def test_the_sample_recipe_reads_each_file_once_and_draws_as_infer(
     )
     assert labels.tolist() == [1, 2, 1, 2]
     assert np.array_equal(images, direct["samples"].numpy())
+
+
+def test_infer_takes_class_names_as_the_command_line_does(tiny_checkpoint):
+    path = tiny_checkpoint("diffusion", seed=1, class_names=["zero", "one", "seven"])
+    pipe = ADM.from_checkpoint(path)
+    assert pipe.class_names == ["zero", "one", "seven"]
+    by_name = pipe.infer(2, labels=["seven", "one"], sampler="ddim", steps=2, seed=3)
+    by_index = pipe.infer(2, labels=[2, 1], sampler="ddim", steps=2, seed=3)
+    assert by_name["labels"].tolist() == [2, 1]
+    assert torch.equal(by_name["samples"], by_index["samples"])
+    assert pipe.infer(2, labels="one", sampler="ddim", steps=2, seed=3)["labels"].tolist() == [1, 1]
+    with pytest.raises(ValueError, match=r"labels=eight: no class of that name; the classes are"):
+        pipe.infer(1, labels=["eight"], sampler="ddim", steps=2)
+    unnamed = ADM.from_checkpoint(tiny_checkpoint("diffusion", seed=1))
+    with pytest.raises(ValueError, match="records no class names"):
+        unnamed.infer(1, labels="one", sampler="ddim", steps=2)

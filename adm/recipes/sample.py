@@ -34,7 +34,7 @@ from adm.io.images import to_uint8
 from adm.io.shards import ShardLayout, ShardStore
 from adm.pipeline import ADM
 from adm.recipes.sharded import build_fabric, run_rank
-from adm.sampling import GuidancePlan, LabelPlan, sample_seed, sampler_name
+from adm.sampling import GuidancePlan, LabelPlan, labels_by_name, sample_seed, sampler_name
 from adm.weights import Weights, load_weights
 
 log = logging.getLogger("sample")
@@ -81,24 +81,6 @@ def guidance_setting(cfg: dict[str, Any]) -> tuple[str | None, float]:
     """(kind, scale) of the ``guidance`` settings (``guidance=null``: unguided)."""
     guidance = cfg["guidance"] or {}
     return guidance.get("kind"), guidance.get("scale", 0.0)
-
-
-def labels_by_name(labels: Any, class_names: list[str] | None) -> Any:
-    """``labels=`` with class names (``labels=seven``, ``labels=[zero,seven]``) as class indices, using the
-    names the checkpoint records (``data.class_names``); indices and "random" pass through unchanged."""
-
-    def index(value: Any) -> Any:
-        if not isinstance(value, str) or value == "random" or value.strip().lstrip("-").isdigit():
-            return value
-        if not class_names:
-            raise ValueError(
-                f"labels={value}: this model records no class names; give class indices (e.g. labels=3)"
-            )
-        if value not in class_names:
-            raise ValueError(f"labels={value}: no class of that name; the classes are {class_names}")
-        return class_names.index(value)
-
-    return [index(v) for v in labels] if isinstance(labels, list) else index(labels)
 
 
 class ShardDrawer:

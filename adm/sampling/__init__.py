@@ -29,7 +29,7 @@ from adm.sampling.common import Steps
 from adm.sampling.ddim import ddim_sample, ddim_step
 from adm.sampling.ddpm import ddpm_sample, ddpm_step
 from adm.sampling.dpm_solver import dpm_solver_timesteps, dpmpp_2m_sample, dpmpp_3m_sample, dpmpp_sample
-from adm.sampling.draw import LabelPlan, draw_images, random_label
+from adm.sampling.draw import LabelPlan, draw_images, labels_by_name, random_label
 from adm.sampling.guidance import (
     GUIDANCE_KINDS,
     ClassifierGuidance,
@@ -128,6 +128,7 @@ __all__ = [
     "dpmpp_3m_sample",
     "dpmpp_sample",
     "draw_images",
+    "labels_by_name",
     "null_label_of",
     "random_label",
     "sample_seed",

@@ -29,7 +29,7 @@ from adm.sampling.classifier_free import ClassifierFreeNetwork
 from adm.sampling.guidance import Guidance
 from adm.sampling.noise import PerSampleNoise
 
-__all__ = ["LabelPlan", "draw_images", "random_label"]
+__all__ = ["LabelPlan", "draw_images", "labels_by_name", "random_label"]
 
 _LABEL_STREAM = 0x1ABE1  # tells the label draws apart from any other use of (seed, index)
 
@@ -86,6 +86,24 @@ class LabelPlan:
             return np.array([random_label(self.seed, i, self.num_classes) for i in indices], dtype=np.int64)
         spec = self.spec
         return np.array([spec[i % len(spec)] for i in indices], dtype=np.int64)
+
+
+def labels_by_name(labels: Any, class_names: list[str] | None) -> Any:
+    """``labels=`` with class names (``labels=seven``, ``labels=[zero,seven]``) as class indices, using the
+    names the checkpoint records (``data.class_names``); indices and "random" pass through unchanged."""
+
+    def index(value: Any) -> Any:
+        if not isinstance(value, str) or value == "random" or value.strip().lstrip("-").isdigit():
+            return value
+        if not class_names:
+            raise ValueError(
+                f"labels={value}: this model records no class names; give class indices (e.g. labels=3)"
+            )
+        if value not in class_names:
+            raise ValueError(f"labels={value}: no class of that name; the classes are {class_names}")
+        return class_names.index(value)
+
+    return [index(v) for v in labels] if isinstance(labels, list) else index(labels)
 
 
 def _as_labels(labels: Any, count: int) -> torch.Tensor:
