@@ -5,7 +5,7 @@ scripts alike (``pyproject.toml``). Configs are composed from the package's own 
     adm-sample ckpt=last.ckpt num_samples=64   # == python scripts/sample.py ...
     adm-train resume=runs/train/DIR            # continue a run: its saved overrides, its last checkpoint
 
-A mistake in the command or the environment (:class:`adm.recipes.runs.UsageError`: no GPU, no data, a
+A mistake in the command or the environment (:class:`adm.errors.UsageError`: no GPU, no data, a
 run directory that holds another config ...) prints one line, ``error: ...``, and exits with status 2.
 """
 
@@ -26,7 +26,7 @@ from adm.recipes.runs import expand_resume
 
 log = logging.getLogger("adm")
 
-_CONF = "conf"  # relative to this file: conf
+_CONF = "conf"  # relative to this module: the package adm.conf (the top-level conf/ folder of a checkout)
 _VERSION = "1.3"
 
 
