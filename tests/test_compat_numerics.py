@@ -278,22 +278,24 @@ def test_attention_pool_openai_order_and_its_switch(one_thread):
     assert _rel(exact, expected) < 1e-7, _rel(exact, expected)  # OpenAI's order: bit-exact here
 
 
+# The tiny classifier of the fp16 reference, in OpenAI's constructor arguments (ours and theirs alike).
+_TINY_CLASSIFIER = dict(
+    image_size=16,
+    in_channels=3,
+    model_channels=32,
+    out_channels=10,
+    num_res_blocks=1,
+    attention_resolutions=[2],
+    channel_mult=(1, 2),
+    num_head_channels=32,
+    use_scale_shift_norm=True,
+    resblock_updown=True,
+    pool="attention",
+)
+
+
 def _tiny_classifier(fp16: bool) -> compat.EncoderUNetModel:
-    model = compat.EncoderUNetModel(
-        image_size=16,
-        in_channels=3,
-        model_channels=32,
-        out_channels=10,
-        num_res_blocks=1,
-        attention_resolutions=[2],
-        channel_mult=(1, 2),
-        use_fp16=fp16,
-        num_head_channels=32,
-        use_scale_shift_norm=True,
-        resblock_updown=True,
-        pool="attention",
-    )
-    return model.eval()
+    return compat.EncoderUNetModel(**_TINY_CLASSIFIER, use_fp16=fp16).eval()
 
 
 def _inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -371,24 +373,11 @@ def _write_reference(checkout: str) -> None:
 
     torch.set_num_threads(1)
     ours = _tiny_classifier(fp16=True)
-    kwargs = dict(
-        image_size=16,
-        in_channels=3,
-        model_channels=32,
-        out_channels=10,
-        num_res_blocks=1,
-        attention_resolutions=[2],
-        channel_mult=(1, 2),
-        num_head_channels=32,
-        use_scale_shift_norm=True,
-        resblock_updown=True,
-        pool="attention",
-    )
     state = _fill(ours, 10)
     out: dict[str, torch.Tensor] = {
         "param_checksum": torch.stack([v.double().square().sum() for v in state.values()])
     }
-    theirs = EncoderUNetModel(**kwargs, use_fp16=True).eval()
+    theirs = EncoderUNetModel(**_TINY_CLASSIFIER, use_fp16=True).eval()
     theirs.load_state_dict(state)
     theirs.convert_to_fp16()
     logits, grad = _logits_and_guidance(theirs, *_inputs())

@@ -20,6 +20,7 @@ from adm.sampling import (
     GuidanceKind,
     build_sampler,
     ddim_sample,
+    describe_sampler,
     plan_guidance,
     sampler_name,
 )
@@ -159,7 +160,7 @@ def test_samplers_are_found_by_name(monkeypatch):
 
     monkeypatch.setitem(SAMPLERS, "euler", euler)
     assert sampler_name(build_sampler("euler", steps=2)) == "euler"
-    assert adm.sampling.SAMPLERS is SAMPLERS
+    assert describe_sampler(build_sampler("euler", steps=2)) == {"sampler": "euler", "steps": 2, "eta": None}
 
 
 def test_the_sample_recipe_reads_each_file_once_and_draws_as_infer(

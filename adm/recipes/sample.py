@@ -34,7 +34,7 @@ from adm.io.images import to_uint8
 from adm.io.shards import ShardLayout, ShardStore
 from adm.pipeline import ADM
 from adm.recipes.sharded import build_fabric, run_rank
-from adm.sampling import GuidancePlan, LabelPlan, labels_by_name, sample_seed, sampler_name
+from adm.sampling import GuidancePlan, LabelPlan, describe_sampler, labels_by_name, sample_seed
 from adm.weights import Weights, load_weights
 
 log = logging.getLogger("sample")
@@ -123,13 +123,7 @@ class ShardDrawer:
     @property
     def record(self) -> dict[str, Any]:
         """What the images are drawn with, as metrics.json, the sweep summary and W&B record it."""
-        options = getattr(self.sampler, "keywords", {})
-        return {
-            **self.plan.record,
-            "sampler": sampler_name(self.sampler),
-            "steps": options.get("steps"),
-            "eta": options.get("eta"),
-        }
+        return {**self.plan.record, **describe_sampler(self.sampler)}
 
     def __call__(self, indices: range) -> tuple[np.ndarray, np.ndarray | None]:
         labels = self.labels(indices) if self.labels is not None else None
@@ -203,12 +197,9 @@ def build_run(fabric: Fabric, cfg: dict[str, Any]) -> tuple[ShardStore, ShardDra
 
 def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """The settings of a sample job as a W&B run's config (flat, to filter and group runs by)."""
-    sampler = cfg["sampler"] or {}
     kind, scale = guidance_setting(cfg)
     return {
-        "sampler": sampler_name(instantiate(sampler)),
-        "steps": sampler.get("steps"),
-        "eta": sampler.get("eta"),
+        **describe_sampler(instantiate(cfg["sampler"])),
         "guidance": kind,
         "guidance_scale": float(scale),
         "num_samples": cfg["num_samples"],

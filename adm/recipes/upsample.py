@@ -36,7 +36,7 @@ from adm.pipeline import ADM
 from adm.recipes.sample import load_model
 from adm.recipes.sample import sample as sample_base
 from adm.recipes.sharded import build_fabric, run_rank
-from adm.sampling import sampler_name, upsample_seed
+from adm.sampling import describe_sampler, upsample_seed
 from adm.weights import Weights
 
 log = logging.getLogger("upsample")
@@ -138,14 +138,7 @@ class UpsampleDrawer:
     @property
     def record(self) -> dict[str, Any]:
         """What the images are drawn with, as metrics.json records it (upsampling is never guided)."""
-        options = getattr(self.sampler, "keywords", {})
-        return {
-            "guidance": None,
-            "guidance_scale": 0.0,
-            "sampler": sampler_name(self.sampler),
-            "steps": options.get("steps"),
-            "eta": options.get("eta"),
-        }
+        return {"guidance": None, "guidance_scale": 0.0, **describe_sampler(self.sampler)}
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

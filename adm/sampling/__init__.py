@@ -88,6 +88,13 @@ def sampler_name(sampler: Callable[..., Any]) -> str:
     raise ValueError(f"{sampler!r} is not a registered sampler; the samplers are {sorted(SAMPLERS)}")
 
 
+def describe_sampler(sampler: Callable[..., Any]) -> dict[str, Any]:
+    """What a run records of its sampler: ``{"sampler": name, "steps": ..., "eta": ...}`` (None where the
+    partial binds no such option)."""
+    options = getattr(sampler, "keywords", {})
+    return {"sampler": sampler_name(sampler), "steps": options.get("steps"), "eta": options.get("eta")}
+
+
 def build_sampler(name: str, **options: Any) -> functools.partial:
     """The sampler registered as `name` with its options bound (``build_sampler("ddim", steps=25)``)."""
     if name not in SAMPLERS:
@@ -110,6 +117,7 @@ __all__ = [
     "GuidancePlan",
     "build_sampler",
     "check_classifier_fits",
+    "describe_sampler",
     "plan_guidance",
     "sampler_name",
     "ClassifierFreeGuidance",

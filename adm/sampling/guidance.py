@@ -236,7 +236,7 @@ GUIDANCE_KINDS: dict[str, GuidanceKind] = {
         "cfg",
         uses_classifier=False,
         build=_classifier_free,
-        needs="a model trained with a null label (label dropout > 0, e.g. scripts/train.py "
+        needs="a model trained with a null label (module.label_dropout > 0, e.g. scripts/train.py "
         "experiment=demo_cfg); this one has none: use guidance=classifier with a noisy classifier",
     ),
 }
